@@ -1,0 +1,47 @@
+"""The in-process event bus: ingest publishes entity changes, consumers subscribe.
+
+Handlers run on the publisher's thread and must be quick (enqueue, don't do I/O).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from civica.core.entity import Entity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EntityChanged:
+    """An entity's state after a write, and which attributes the write touched."""
+
+    tenant: str
+    entity: Entity
+    changed: frozenset[str]
+    created: bool
+    deleted: bool = False
+
+
+Handler = Callable[[Any], None]
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._handlers: list[Handler] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, handler: Handler) -> None:
+        with self._lock:
+            self._handlers.append(handler)
+
+    def publish(self, event: Any) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler(event)
+            except Exception:  # a failing consumer must never break ingest
+                log.exception("event handler %r failed", handler)

@@ -1,0 +1,34 @@
+"""UTC timestamps on the wire: parse ISO 8601 with a zone, render as ``...Z``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from civica.core.problems import bad_request
+
+
+def parse_time(text: object, what: str = "timestamp") -> datetime:
+    """Parse an ISO 8601 date-time that carries a zone; naive times are refused."""
+    if not isinstance(text, str):
+        raise bad_request(f"{what} must be an ISO 8601 string, got {type(text).__name__}")
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as err:
+        raise bad_request(f"{what} {text!r} is not an ISO 8601 date-time") from err
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise bad_request(f"{what} {text!r} has no timezone; send UTC ('Z') or an offset")
+    return value.astimezone(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """Render a datetime as ISO 8601 UTC with milliseconds and a ``Z``."""
+    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+def normalise_time(text: object, what: str = "observedAt") -> str:
+    return format_time(parse_time(text, what))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

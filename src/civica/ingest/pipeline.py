@@ -1,0 +1,325 @@
+"""The one write path: parse → privacy gate → merge with stored state → store → event bus.
+
+HTTP handlers and the MQTT consumer both call ``Ingest``; nothing writes to the store
+another way. Writes are serialised by one lock (read-merge-write must not interleave) and
+batched: a batch of 1,000 entities is one store transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from civica.core.bus import EntityChanged, EventBus
+from civica.core.clock import Clock, SystemClock
+from civica.core.entity import (
+    Entity,
+    Observation,
+    check_entity_id,
+    looks_normalized,
+    merge_attribute,
+    observations,
+    parse_attribute,
+    parse_attributes,
+    parse_entity,
+)
+from civica.core.ldcontext import CORE, LdContext
+from civica.core.problems import ALREADY_EXISTS, Problem, bad_request, not_found
+from civica.core.store import Store, StoredEntity
+from civica.privacy.gate import PrivacyGate
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch did: ids created, ids updated, and per-entity errors."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    errors: list[tuple[str | None, Problem]] = field(default_factory=list)
+
+    @property
+    def success(self) -> list[str]:
+        return self.created + self.updated
+
+
+@dataclass
+class _Change:
+    stored: StoredEntity
+    fragment: Entity  # what this write sent (for observations and notifications)
+    created: bool
+
+
+def _entity_id_of(doc: Any) -> str | None:
+    if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+        return str(doc["id"])[:256]
+    return None
+
+
+class Ingest:
+    """Validates, gates and stores entity writes; publishes ``EntityChanged`` events."""
+
+    def __init__(
+        self,
+        store: Store,
+        gate: PrivacyGate | None = None,
+        bus: EventBus | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.gate = gate or PrivacyGate()
+        self.bus = bus or EventBus()
+        self.clock = clock or SystemClock()
+        self._lock = threading.Lock()
+
+    # ---- parsing -------------------------------------------------------------------------
+    def admit(self, doc: Any, ctx: LdContext = CORE, key_values: bool | None = None) -> Entity:
+        """Parse and gate one entity document; raise a Problem if it is refused."""
+        if key_values is None:
+            key_values = isinstance(doc, dict) and not looks_normalized(doc)
+        return self.gate.admit(parse_entity(doc, ctx, key_values=key_values))
+
+    def _admit_all(
+        self, docs: Sequence[Any], ctx: LdContext, key_values: bool | None
+    ) -> tuple[list[Entity], list[tuple[str | None, Problem]]]:
+        good: list[Entity] = []
+        errors: list[tuple[str | None, Problem]] = []
+        for doc in docs:
+            try:
+                good.append(self.admit(doc, ctx, key_values))
+            except Problem as err:
+                errors.append((_entity_id_of(doc), err))
+        return good, errors
+
+    # ---- batch operations ----------------------------------------------------------------
+    def upsert(
+        self,
+        tenant: str,
+        docs: Sequence[Any],
+        ctx: LdContext = CORE,
+        *,
+        key_values: bool | None = False,
+        replace: bool = False,
+    ) -> BatchOutcome:
+        """Create missing entities; update (or replace) existing ones."""
+        entities, errors = self._admit_all(docs, ctx, key_values)
+        out = BatchOutcome(errors=errors)
+        with self._lock:
+            current = self.store.get_entities(tenant, [e["id"] for e in entities])
+            changes: dict[str, _Change] = {}
+            now = self.clock.now()
+            for entity in entities:
+                eid = entity["id"]
+                prev = changes[eid].stored if eid in changes else current.get(eid)
+                if prev is not None and prev.type != entity["type"]:
+                    out.errors.append((eid, _type_clash(eid, prev.type, entity["type"])))
+                    continue
+                if prev is None:
+                    stored = StoredEntity(entity, now, now)
+                elif replace:
+                    stored = StoredEntity(entity, prev.created_at, now)
+                else:
+                    stored = StoredEntity({**prev.entity, **entity}, prev.created_at, now)
+                was_created = (eid not in current) and (eid not in changes or changes[eid].created)
+                changes[eid] = _Change(stored, entity, was_created)
+            self._commit(tenant, list(changes.values()), now)
+        for change in changes.values():
+            (out.created if change.created else out.updated).append(change.stored.id)
+        return out
+
+    def create(
+        self,
+        tenant: str,
+        docs: Sequence[Any],
+        ctx: LdContext = CORE,
+        *,
+        key_values: bool | None = False,
+    ) -> BatchOutcome:
+        """Create entities; an id that exists already is an AlreadyExists error."""
+        entities, errors = self._admit_all(docs, ctx, key_values)
+        out = BatchOutcome(errors=errors)
+        with self._lock:
+            current = self.store.get_entities(tenant, [e["id"] for e in entities])
+            now = self.clock.now()
+            changes: dict[str, _Change] = {}
+            for entity in entities:
+                eid = entity["id"]
+                if eid in current or eid in changes:
+                    out.errors.append((eid, Problem(ALREADY_EXISTS, f"entity {eid} exists")))
+                    continue
+                changes[eid] = _Change(StoredEntity(entity, now, now), entity, True)
+            self._commit(tenant, list(changes.values()), now)
+        out.created = list(changes)
+        return out
+
+    def update(
+        self,
+        tenant: str,
+        docs: Sequence[Any],
+        ctx: LdContext = CORE,
+        *,
+        key_values: bool | None = False,
+        no_overwrite: bool = False,
+    ) -> BatchOutcome:
+        """Update existing entities' attributes; a missing entity is a ResourceNotFound error."""
+        entities, errors = self._admit_all(docs, ctx, key_values)
+        out = BatchOutcome(errors=errors)
+        with self._lock:
+            current = self.store.get_entities(tenant, [e["id"] for e in entities])
+            now = self.clock.now()
+            changes: dict[str, _Change] = {}
+            for entity in entities:
+                eid = entity["id"]
+                prev = changes[eid].stored if eid in changes else current.get(eid)
+                if prev is None:
+                    out.errors.append((eid, not_found(f"entity {eid} does not exist")))
+                    continue
+                if prev.type != entity["type"]:
+                    out.errors.append((eid, _type_clash(eid, prev.type, entity["type"])))
+                    continue
+                attrs = {k: v for k, v in entity.items() if k not in ("id", "type")}
+                if no_overwrite:
+                    attrs = {k: v for k, v in attrs.items() if k not in prev.entity}
+                fragment = {"id": eid, "type": prev.type, **attrs}
+                stored = StoredEntity({**prev.entity, **attrs}, prev.created_at, now)
+                changes[eid] = _Change(stored, fragment, False)
+            self._commit(tenant, list(changes.values()), now)
+        out.updated = list(changes)
+        return out
+
+    def delete(self, tenant: str, ids: Sequence[Any]) -> BatchOutcome:
+        out = BatchOutcome()
+        valid: list[str] = []
+        for raw in ids:
+            try:
+                valid.append(check_entity_id(raw))
+            except Problem as err:
+                out.errors.append((raw if isinstance(raw, str) else None, err))
+        with self._lock:
+            current = self.store.get_entities(tenant, valid)
+            deleted = self.store.delete_entities(tenant, valid)
+        gone = set(deleted)
+        for eid in valid:
+            if eid not in gone:
+                out.errors.append((eid, not_found(f"entity {eid} does not exist")))
+        out.updated = deleted
+        for eid in deleted:
+            stored = current.get(eid)
+            if stored is not None:
+                self.bus.publish(EntityChanged(tenant, stored.entity, frozenset(), False, True))
+        return out
+
+    # ---- single-entity operations --------------------------------------------------------
+    def _existing(self, tenant: str, eid: str) -> StoredEntity:
+        found = self.store.get_entities(tenant, [check_entity_id(eid)]).get(eid)
+        if found is None:
+            raise not_found(f"entity {eid} does not exist")
+        return found
+
+    def replace_entity(self, tenant: str, eid: str, doc: Any, ctx: LdContext = CORE) -> None:
+        if not isinstance(doc, dict):
+            raise bad_request("an entity must be a JSON object")
+        doc = {**doc, "id": doc.get("id", eid)}
+        if doc["id"] != eid:
+            raise bad_request("the id in the body differs from the id in the path")
+        with self._lock:
+            prev = self._existing(tenant, eid)
+            doc.setdefault("type", prev.type)
+            entity = self.gate.admit(parse_entity(doc, ctx))
+            if entity["type"] != prev.type:
+                raise _type_clash(eid, prev.type, entity["type"])
+            now = self.clock.now()
+            stored = StoredEntity(entity, prev.created_at, now)
+            self._commit(tenant, [_Change(stored, entity, False)], now)
+
+    def write_attributes(
+        self,
+        tenant: str,
+        eid: str,
+        fragment: Any,
+        ctx: LdContext = CORE,
+        *,
+        key_values: bool = False,
+        mode: str = "append",
+    ) -> list[str]:
+        """POST (append, or noOverwrite) / PATCH (update: existing only) attributes.
+
+        Returns the names *not* updated.
+        """
+        if not isinstance(fragment, dict):
+            raise bad_request("attributes must be a JSON object")
+        attrs = parse_attributes(fragment, ctx, key_values=key_values)
+        if not attrs:
+            raise bad_request("no attributes given")
+        with self._lock:
+            prev = self._existing(tenant, eid)
+            spec = self.gate.type_spec(prev.type)
+            attrs = self.gate.admit_attributes(spec, attrs)
+            skipped: list[str] = []
+            if mode == "update":
+                skipped = [k for k in attrs if k not in prev.entity]
+            elif mode == "noOverwrite":
+                skipped = [k for k in attrs if k in prev.entity]
+            attrs = {k: v for k, v in attrs.items() if k not in skipped}
+            if attrs:
+                now = self.clock.now()
+                stored = StoredEntity({**prev.entity, **attrs}, prev.created_at, now)
+                fragment_entity = {"id": eid, "type": prev.type, **attrs}
+                self._commit(tenant, [_Change(stored, fragment_entity, False)], now)
+        return [ctx.from_canonical(k) for k in skipped]
+
+    def patch_attribute(
+        self, tenant: str, eid: str, name: str, fragment: Any, ctx: LdContext = CORE,
+        *, replace: bool = False,
+    ) -> None:
+        """PATCH (partial) or PUT (replace) one attribute, which must exist."""
+        if not isinstance(fragment, dict):
+            raise bad_request("an attribute must be a JSON object")
+        canonical = ctx.to_canonical(name)
+        with self._lock:
+            prev = self._existing(tenant, eid)
+            old = prev.entity.get(canonical)
+            if old is None:
+                raise not_found(f"entity {eid} has no attribute {name!r}")
+            renamed = {
+                (k if k in ("type", "value", "object", "observedAt", "unitCode", "languageMap")
+                 else ctx.to_canonical(k)): v
+                for k, v in fragment.items()
+            }
+            raw = renamed if replace else merge_attribute(old, renamed)
+            attr = parse_attribute(canonical, raw, CORE, 0)
+            spec = self.gate.type_spec(prev.type)
+            attr = self.gate.admit_attributes(spec, {canonical: attr})[canonical]
+            now = self.clock.now()
+            stored = StoredEntity({**prev.entity, canonical: attr}, prev.created_at, now)
+            frag = {"id": eid, "type": prev.type, canonical: attr}
+            self._commit(tenant, [_Change(stored, frag, False)], now)
+
+    def delete_attribute(self, tenant: str, eid: str, name: str, ctx: LdContext = CORE) -> None:
+        canonical = ctx.to_canonical(name)
+        with self._lock:
+            prev = self._existing(tenant, eid)
+            if canonical not in prev.entity or canonical in ("id", "type"):
+                raise not_found(f"entity {eid} has no attribute {name!r}")
+            entity = {k: v for k, v in prev.entity.items() if k != canonical}
+            now = self.clock.now()
+            stored = StoredEntity(entity, prev.created_at, now)
+            self.store.write(tenant, [stored], [])
+        self.bus.publish(EntityChanged(tenant, entity, frozenset({canonical}), False))
+
+    # ---- commit ----------------------------------------------------------------------------
+    def _commit(self, tenant: str, changes: list[_Change], now: Any) -> None:
+        if not changes:
+            return
+        rows: list[Observation] = []
+        for change in changes:
+            rows.extend(observations(change.fragment, now))
+        self.store.write(tenant, [c.stored for c in changes], rows)
+        for c in changes:
+            changed = frozenset(k for k in c.fragment if k not in ("id", "type"))
+            self.bus.publish(EntityChanged(tenant, c.stored.entity, changed, c.created))
+
+
+def _type_clash(eid: str, old: str, new: str) -> Problem:
+    return bad_request(f"entity {eid} has type {old!r}; it cannot be written as {new!r}")

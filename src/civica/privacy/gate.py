@@ -1,0 +1,178 @@
+"""The ingest gate: the one door every reading passes before it reaches the store.
+
+It refuses forbidden kinds of data (see ``forbidden``), refuses anything the catalogue does
+not declare, checks value kinds, converts units to the catalogue's canonical unit, and
+refuses values outside their physical range.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from civica.core.entity import GEO_PROPERTY, RELATIONSHIP, Entity
+from civica.core.problems import PRIVACY_VIOLATION, Problem, bad_request
+from civica.core.timefmt import normalise_time
+from civica.core.units import to_canonical
+from civica.privacy.catalogue import (
+    BOOL,
+    METADATA_SUB_PROPERTIES,
+    DATETIME,
+    GEO,
+    NUMBER,
+    TEXT,
+    AttributeSpec,
+    Catalogue,
+    EntityTypeSpec,
+)
+from civica.privacy.catalogue import RELATIONSHIP as REL_KIND
+from civica.privacy.forbidden import forbidden_keys, forbidden_name, forbidden_value
+
+_CORE_MEMBERS = frozenset({"type", "value", "object", "languageMap", "observedAt", "unitCode"})
+
+
+def refusal(attribute: str, why: str) -> Problem:
+    return Problem(
+        PRIVACY_VIOLATION,
+        f"attribute {attribute!r} refused: {why}",
+        title="Refused by the privacy gate",
+        attribute=attribute,
+    )
+
+
+_forbidden_name = functools.lru_cache(maxsize=4096)(forbidden_name)
+
+
+class PrivacyGate:
+    """Checks entities against the forbidden kinds and the data catalogue."""
+
+    def __init__(self, catalogue: Catalogue | None = None) -> None:
+        self.catalogue = catalogue or Catalogue()
+
+    def type_spec(self, type_: str) -> EntityTypeSpec:
+        why = _forbidden_name(type_)
+        if why:
+            raise refusal("type", why)
+        spec = self.catalogue.get(type_)
+        if spec is None:
+            declared = ", ".join(t.type for t in self.catalogue.types())
+            raise bad_request(
+                f"entity type {type_!r} is not declared in the data catalogue "
+                f"(declared: {declared})",
+                attribute="type",
+            )
+        return spec
+
+    def admit(self, entity: Entity) -> Entity:
+        """Return the entity with units made canonical, or raise a Problem naming the attribute."""
+        why = forbidden_value(entity["id"])
+        if why:
+            raise refusal("id", why)
+        spec = self.type_spec(entity["type"])
+        out: Entity = {"id": entity["id"], "type": entity["type"]}
+        out.update(self.admit_attributes(spec, entity))
+        return out
+
+    def admit_attributes(self, spec: EntityTypeSpec, attrs: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, attr in attrs.items():
+            if name in ("id", "type"):
+                continue
+            out[name] = self._admit_attribute(spec, name, attr)
+        return out
+
+    def _admit_attribute(self, spec: EntityTypeSpec, name: str, attr: dict[str, Any]) -> Any:
+        why = _forbidden_name(name)
+        if why:
+            raise refusal(name, why)
+        decl = spec.attribute(name)
+        if decl is None:
+            raise bad_request(
+                f"attribute {name!r} is not declared for type {spec.type!r} in the data "
+                "catalogue",
+                attribute=name,
+            )
+        attr = dict(attr)
+        for key in attr:
+            if key in _CORE_MEMBERS:
+                continue
+            why = _forbidden_name(key)
+            if why:
+                raise refusal(f"{name}.{key}", why)
+            if key not in METADATA_SUB_PROPERTIES:
+                raise bad_request(
+                    f"sub-attribute {name}.{key} is not declared in the data catalogue",
+                    attribute=f"{name}.{key}",
+                )
+        if "value" in attr and decl.kind not in (NUMBER, BOOL):
+            value = attr["value"]
+            for key, why in forbidden_keys(value):
+                raise refusal(f"{name}.{key}", why)
+            why = forbidden_value(value)
+            if why:
+                raise refusal(name, why)
+        _check_kind(decl, name, attr)
+        return attr
+
+
+def _check_kind(decl: AttributeSpec, name: str, attr: dict[str, Any]) -> None:
+    kind = attr.get("type")
+    if decl.kind == GEO:
+        if kind != GEO_PROPERTY:
+            raise bad_request(f"{name!r} must be a GeoProperty", attribute=name)
+        return
+    if decl.kind == REL_KIND:
+        if kind != RELATIONSHIP:
+            raise bad_request(f"{name!r} must be a Relationship", attribute=name)
+        return
+    if kind == RELATIONSHIP or kind == GEO_PROPERTY:
+        raise bad_request(f"{name!r} must be a Property", attribute=name)
+    value = attr.get("value")
+    if decl.kind == NUMBER:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise bad_request(f"{name!r} must be a number, got {_kind(value)}", attribute=name)
+        attr["value"] = _in_units(decl, name, float(value) if decl.unit else value, attr)
+    elif decl.kind == BOOL:
+        if not isinstance(value, bool):
+            raise bad_request(f"{name!r} must be true or false", attribute=name)
+    elif decl.kind == TEXT:
+        if not isinstance(value, str):
+            raise bad_request(f"{name!r} must be a string, got {_kind(value)}", attribute=name)
+        if decl.choices is not None and value not in decl.choices:
+            raise bad_request(
+                f"{name!r} must be one of {', '.join(decl.choices)}; got {value[:40]!r}",
+                attribute=name,
+            )
+    elif decl.kind == DATETIME:
+        raw = value.get("@value") if isinstance(value, dict) else value
+        attr["value"] = normalise_time(raw, name)
+    if decl.kind != NUMBER and "unitCode" in attr:
+        raise bad_request(f"{name!r} takes no unitCode", attribute=name)
+
+
+def _in_units(decl: AttributeSpec, name: str, value: Any, attr: dict[str, Any]) -> Any:
+    code = attr.get("unitCode")
+    if decl.unit is None:
+        if code is not None and code != "C62":
+            raise bad_request(f"{name!r} is dimensionless; unitCode {code!r} not accepted",
+                              attribute=name)
+        attr.pop("unitCode", None)
+    else:
+        if code is not None and code != decl.unit:
+            try:
+                value = to_canonical(value, code, decl.unit, decl.unit_dimension)
+            except Problem as err:
+                raise bad_request(f"{name!r}: {err.detail}", attribute=name) from err
+        attr["unitCode"] = decl.unit
+    lo, hi = decl.minimum, decl.maximum
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        unit = f" {decl.unit}" if decl.unit else ""
+        raise bad_request(
+            f"{name!r} = {value:g}{unit} is outside the physical range [{lo:g}, {hi:g}]{unit}",
+            attribute=name,
+        )
+    return value
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

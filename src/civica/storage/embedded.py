@@ -1,0 +1,399 @@
+"""``DuckDBStore``: the embedded default backend, one DuckDB file, batched Arrow writes.
+
+SQL here stays portable (plain tables, no DuckDB-only types in the schema) so the PostgreSQL
+backend can share its shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from civica.core.entity import Entity, Observation
+from civica.core.geo import bbox_of
+from civica.core.store import (
+    ApiKeyRecord,
+    DeadLetter,
+    EntityPage,
+    EntityQuery,
+    ObservationQuery,
+    StoredEntity,
+    TypeInfo,
+)
+
+SCHEMA_VERSION = 1
+_TS = pa.timestamp("us", tz="UTC")
+
+_SCHEMA = """
+create table if not exists entities (
+    tenant varchar not null,
+    id varchar not null,
+    type varchar not null,
+    doc varchar not null,
+    attrs varchar[] not null,
+    min_lon double, min_lat double, max_lon double, max_lat double,
+    created_at timestamptz not null,
+    modified_at timestamptz not null,
+    primary key (tenant, id)
+);
+create table if not exists observations (
+    tenant varchar not null,
+    entity_key bigint not null,
+    entity_id varchar not null,
+    entity_type varchar not null,
+    attribute varchar not null,
+    observed_at timestamptz not null,
+    value_num double,
+    value_json varchar,
+    unit varchar
+);
+create table if not exists dead_letters (
+    received_at timestamptz not null,
+    source varchar not null,
+    tenant varchar not null,
+    topic varchar,
+    reason varchar not null,
+    payload varchar not null
+);
+create table if not exists api_keys (
+    key_id varchar primary key,
+    key_hash varchar not null,
+    role varchar not null,
+    label varchar not null,
+    created_at timestamptz not null,
+    revoked boolean not null
+);
+create table if not exists subscriptions (
+    tenant varchar not null,
+    id varchar not null,
+    doc varchar not null,
+    primary key (tenant, id)
+);
+create table if not exists schema_info (version integer not null);
+"""
+
+
+def entity_key(tenant: str, entity_id: str) -> int:
+    """A stable 64-bit key for (tenant, id): scanning integers beats scanning strings."""
+    digest = hashlib.blake2b(f"{tenant}\x00{entity_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+class DuckDBStore:
+    """One DuckDB file holds entities, observations, dead letters, keys and subscriptions."""
+
+    def __init__(self, path: str | Path = "civica.duckdb", *, memory_limit: str = "1GB") -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(self.path, config={"memory_limit": memory_limit})
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        with self._write_lock:
+            self._con.execute(_SCHEMA)
+            if not self._con.execute("select 1 from schema_info").fetchall():
+                self._con.execute("insert into schema_info values (?)", [SCHEMA_VERSION])
+
+    # DuckDB connections are not safe to share between threads; a cursor per thread is.
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur: duckdb.DuckDBPyConnection | None = getattr(self._local, "cursor", None)
+        if cur is None:
+            cur = self._con.cursor()
+            self._local.cursor = cur
+        return cur
+
+    def tenants(self) -> list[str]:
+        rows = self._cursor().execute(
+            "select tenant from entities union select distinct tenant from observations"
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
+        if not ids:
+            return {}
+        wanted = pa.table({"id": pa.array(list(dict.fromkeys(ids)), pa.string())})
+        cur = self._cursor()
+        cur.register("wanted_ids", wanted)
+        try:
+            rows = cur.execute(
+                "select e.doc, epoch_us(e.created_at), epoch_us(e.modified_at) from entities e "
+                "join wanted_ids w on e.id = w.id where e.tenant = ?",
+                [tenant],
+            ).fetchall()
+        finally:
+            cur.unregister("wanted_ids")
+        return {s.id: s for s in (_stored(r) for r in rows)}
+
+    def write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> None:
+        ent_table = _entity_table(tenant, entities) if entities else None
+        obs_table = _observation_table(tenant, observations) if observations else None
+        with self._write_lock:
+            con = self._con
+            con.execute("begin")
+            try:
+                if ent_table is not None:
+                    con.register("new_entities", ent_table)
+                    con.execute("insert or replace into entities select * from new_entities")
+                    con.unregister("new_entities")
+                if obs_table is not None:
+                    con.register("new_observations", obs_table)
+                    con.execute("insert into observations select * from new_observations")
+                    con.unregister("new_observations")
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+
+    def delete_entities(self, tenant: str, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        with self._write_lock:
+            rows = self._con.execute(
+                "delete from entities where tenant = ? and list_contains(?, id) returning id",
+                [tenant, list(dict.fromkeys(ids))],
+            ).fetchall()
+        found = {r[0] for r in rows}
+        return [i for i in dict.fromkeys(ids) if i in found]
+
+    def query_entities(self, tenant: str, query: EntityQuery) -> EntityPage:
+        where, params = ["tenant = ?"], [tenant]
+        if query.types is not None:
+            where.append("list_contains(?, type)")
+            params.append(list(query.types))
+        if query.ids is not None:
+            where.append("list_contains(?, id)")
+            params.append(list(query.ids))
+        if query.attrs is not None:
+            where.append("list_has_any(attrs, ?)")
+            params.append(list(query.attrs))
+        box = query.geo.prefilter_bbox() if query.geo is not None else None
+        if box is not None:
+            if query.geo is not None and query.geo.geoproperty != "location":
+                box = None  # only 'location' is indexed by bounding box
+            else:
+                where.append("min_lon <= ? and max_lon >= ? and min_lat <= ? and max_lat >= ?")
+                params.extend([box[2], box[0], box[3], box[1]])
+        clause = " and ".join(where)
+        cur = self._cursor()
+        sql = (
+            "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+            f"where {clause} order by id"
+        )
+        if not (query.q or query.geo or query.id_pattern):
+            total = cur.execute(f"select count(*) from entities where {clause}", params).fetchone()
+            rows = cur.execute(f"{sql} limit ? offset ?", [*params, query.limit, query.offset])
+            return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0]) if total else 0)
+        hits = [s for s in map(_stored, cur.execute(sql, params).fetchall()) if query.matches(s)]
+        return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
+
+    def entity_types(self, tenant: str) -> list[TypeInfo]:
+        rows = self._cursor().execute(
+            "select type, count(*), list_sort(list_distinct(flatten(list(attrs)))) "
+            "from entities where tenant = ? group by type order by type",
+            [tenant],
+        ).fetchall()
+        return [TypeInfo(r[0], int(r[1]), tuple(r[2])) for r in rows]
+
+    def query_observations(self, tenant: str, query: ObservationQuery) -> list[Observation]:
+        where, params = ["tenant = ?"], [tenant]
+        if query.entity_ids is not None:
+            keys = [entity_key(tenant, e) for e in query.entity_ids]
+            if len(keys) == 1:
+                where.append("entity_key = ? and entity_id = ?")
+                params.extend([keys[0], query.entity_ids[0]])
+            else:
+                where.append("list_contains(?, entity_key) and list_contains(?, entity_id)")
+                params.extend([keys, list(query.entity_ids)])
+        if query.types is not None:
+            where.append("list_contains(?, entity_type)")
+            params.append(list(query.types))
+        if query.attrs is not None:
+            where.append("list_contains(?, attribute)")
+            params.append(list(query.attrs))
+        if query.start is not None:
+            where.append("observed_at >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("observed_at < ?")
+            params.append(query.end)
+        cols = "entity_id, entity_type, attribute, epoch_us(observed_at) as t, value_num, value_json, unit"
+        base = f"select {cols} from observations where {' and '.join(where)}"
+        if query.last_n is not None:
+            base = (
+                "select entity_id, entity_type, attribute, t, value_num, value_json, unit "
+                f"from (select {cols}, row_number() over (partition by "
+                "entity_id, attribute order by observed_at desc) as rn from observations "
+                f"where {' and '.join(where)}) where rn <= ?"
+            )
+            params.append(query.last_n)
+        sql = f"{base} order by entity_id, attribute, t limit ?"
+        params.append(query.limit)
+        rows = self._cursor().execute(sql, params).fetchall()
+        return [Observation(r[0], r[1], r[2], _from_us(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        table = pa.table(
+            {
+                "received_at": pa.array([d.received_at for d in letters], _TS),
+                "source": [d.source for d in letters],
+                "tenant": [d.tenant for d in letters],
+                "topic": pa.array([d.topic for d in letters], pa.string()),
+                "reason": [d.reason for d in letters],
+                "payload": [d.payload for d in letters],
+            }
+        )
+        with self._write_lock:
+            self._con.register("new_dead", table)
+            self._con.execute("insert into dead_letters select * from new_dead")
+            self._con.unregister("new_dead")
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = self._cursor().execute(
+            "select epoch_us(received_at), source, tenant, reason, payload, topic "
+            "from dead_letters order by received_at desc limit ?",
+            [limit],
+        ).fetchall()
+        return [DeadLetter(_from_us(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def count_dead_letters(self) -> int:
+        row = self._cursor().execute("select count(*) from dead_letters").fetchone()
+        return int(row[0]) if row else 0
+
+    def put_api_key(self, record: ApiKeyRecord) -> None:
+        with self._write_lock:
+            self._con.execute(
+                "insert or replace into api_keys values (?, ?, ?, ?, ?, ?)",
+                [
+                    record.key_id,
+                    record.key_hash,
+                    record.role,
+                    record.label,
+                    record.created_at,
+                    record.revoked,
+                ],
+            )
+
+    def api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = self._cursor().execute(
+            "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
+            "where key_id = ?",
+            [key_id],
+        ).fetchone()
+        return None if row is None else _key(row)
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        rows = self._cursor().execute(
+            "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
+            "order by created_at"
+        ).fetchall()
+        return [_key(r) for r in rows]
+
+    def put_subscription(self, tenant: str, sub_id: str, doc: dict[str, Any]) -> None:
+        with self._write_lock:
+            self._con.execute(
+                "insert or replace into subscriptions values (?, ?, ?)",
+                [tenant, sub_id, orjson.dumps(doc).decode()],
+            )
+
+    def subscriptions(self, tenant: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        sql = "select tenant, doc from subscriptions"
+        params: list[Any] = []
+        if tenant is not None:
+            sql += " where tenant = ?"
+            params.append(tenant)
+        rows = self._cursor().execute(sql + " order by tenant, id", params).fetchall()
+        return [(r[0], orjson.loads(r[1])) for r in rows]
+
+    def delete_subscription(self, tenant: str, sub_id: str) -> bool:
+        with self._write_lock:
+            rows = self._con.execute(
+                "delete from subscriptions where tenant = ? and id = ? returning id",
+                [tenant, sub_id],
+            ).fetchall()
+        return bool(rows)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._con.close()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_us(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredEntity:
+    entity: Entity = orjson.loads(row[0])
+    return StoredEntity(entity, _from_us(row[1]), _from_us(row[2]))
+
+
+def _key(row: tuple[Any, ...]) -> ApiKeyRecord:
+    return ApiKeyRecord(row[0], row[1], row[2], row[3], _from_us(row[4]), bool(row[5]))
+
+
+def _bboxes(entities: Iterable[StoredEntity]) -> list[tuple[float, ...] | None]:
+    out: list[tuple[float, ...] | None] = []
+    for s in entities:
+        loc = s.entity.get("location")
+        value = loc.get("value") if isinstance(loc, dict) else None
+        out.append(bbox_of(value) if isinstance(value, dict) else None)
+    return out
+
+
+def _entity_table(tenant: str, entities: Sequence[StoredEntity]) -> pa.Table:
+    boxes = _bboxes(entities)
+    return pa.table(
+        {
+            "tenant": pa.array([tenant] * len(entities), pa.string()),
+            "id": [s.id for s in entities],
+            "type": [s.type for s in entities],
+            "doc": [orjson.dumps(s.entity).decode() for s in entities],
+            "attrs": pa.array(
+                [[k for k in s.entity if k not in ("id", "type")] for s in entities],
+                pa.list_(pa.string()),
+            ),
+            "min_lon": pa.array([b[0] if b else None for b in boxes], pa.float64()),
+            "min_lat": pa.array([b[1] if b else None for b in boxes], pa.float64()),
+            "max_lon": pa.array([b[2] if b else None for b in boxes], pa.float64()),
+            "max_lat": pa.array([b[3] if b else None for b in boxes], pa.float64()),
+            "created_at": pa.array([s.created_at for s in entities], _TS),
+            "modified_at": pa.array([s.modified_at for s in entities], _TS),
+        }
+    )
+
+
+def _observation_table(tenant: str, rows: Sequence[Observation]) -> pa.Table:
+    keys: dict[str, int] = {}
+    ekeys = []
+    for o in rows:
+        k = keys.get(o.entity_id)
+        if k is None:
+            k = keys[o.entity_id] = entity_key(tenant, o.entity_id)
+        ekeys.append(k)
+    return pa.table(
+        {
+            "tenant": pa.array([tenant] * len(rows), pa.string()),
+            "entity_key": pa.array(ekeys, pa.int64()),
+            "entity_id": pa.array([o.entity_id for o in rows], pa.string()),
+            "entity_type": pa.array([o.entity_type for o in rows], pa.string()),
+            "attribute": pa.array([o.attribute for o in rows], pa.string()),
+            "observed_at": pa.array([o.observed_at for o in rows], _TS),
+            "value_num": pa.array([o.value_num for o in rows], pa.float64()),
+            "value_json": pa.array([o.value_json for o in rows], pa.string()),
+            "unit": pa.array([o.unit for o in rows], pa.string()),
+        }
+    )
