@@ -1,0 +1,47 @@
+"""Shared fixtures: real DuckDB files, a live server, and the services rule.
+
+Tests that need PostgreSQL, Mosquitto or Redis skip with a reason when the service is
+down, unless CIVICA_REQUIRE_SERVICES=1 (CI), where a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from civica.app import build_services
+from civica.storage import DuckDBStore
+from tests.livesrv import LiveServer, serve
+
+REQUIRE_SERVICES = os.environ.get("CIVICA_REQUIRE_SERVICES") == "1"
+
+
+def service_available(host: str, port: int, name: str) -> None:
+    """Skip (or fail under CIVICA_REQUIRE_SERVICES=1) when a TCP service is unreachable."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as err:
+        message = f"{name} not reachable on {host}:{port} ({err})"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{message}; CIVICA_REQUIRE_SERVICES=1 demands it")
+        pytest.skip(f"{message}; set CIVICA_REQUIRE_SERVICES=1 to make this a failure")
+
+
+@pytest.fixture
+def duckdb_path(tmp_path: Path) -> Path:
+    return tmp_path / "civica.duckdb"
+
+
+@pytest.fixture
+def live(duckdb_path: Path) -> Iterator[LiveServer]:
+    """A real server over a fresh DuckDB file."""
+    store = DuckDBStore(duckdb_path)
+    services = build_services(store)
+    with serve(services) as server:
+        yield server
+    store.close()
