@@ -190,9 +190,9 @@ class DuckDBStore:
             f"where {clause} order by id"
         )
         if not (query.q or query.geo or query.id_pattern):
-            total = cur.execute(f"select count(*) from entities where {clause}", params).fetchone()
+            total = cur.execute(f"select count(*) from entities where {clause}", params).fetchall()
             rows = cur.execute(f"{sql} limit ? offset ?", [*params, query.limit, query.offset])
-            return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0]) if total else 0)
+            return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0][0]))
         hits = [s for s in map(_stored, cur.execute(sql, params).fetchall()) if query.matches(s)]
         return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
 
@@ -268,8 +268,8 @@ class DuckDBStore:
         return [DeadLetter(_from_us(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def count_dead_letters(self) -> int:
-        row = self._cursor().execute("select count(*) from dead_letters").fetchone()
-        return int(row[0]) if row else 0
+        rows = self._cursor().execute("select count(*) from dead_letters").fetchall()
+        return int(rows[0][0])
 
     def put_api_key(self, record: ApiKeyRecord) -> None:
         with self._write_lock:
@@ -290,8 +290,8 @@ class DuckDBStore:
             "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
             "where key_id = ?",
             [key_id],
-        ).fetchone()
-        return None if row is None else _key(row)
+        ).fetchall()
+        return _key(row[0]) if row else None
 
     def api_keys(self) -> list[ApiKeyRecord]:
         rows = self._cursor().execute(
