@@ -18,6 +18,11 @@ from civica.privacy.catalogue import Catalogue
 from civica.storage import open_store
 
 console = Console(stderr=True, soft_wrap=True)
+
+
+def _stdout() -> Console:
+    """A console for tables; wide when piped so rows are not folded into unreadable cells."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
 DEFAULT_DB = "civica.duckdb"
 
 
@@ -149,7 +154,7 @@ def keys_list(db: str | None) -> None:
         table = Table("key id", "role", "label", "created", "revoked")
         for k in store.api_keys():
             table.add_row(k.key_id, k.role, k.label, k.created_at.isoformat(), str(k.revoked))
-        Console().print(table)
+        _stdout().print(table)
     finally:
         store.close()
 
@@ -179,7 +184,7 @@ def dead_letters(limit: int, db: str | None) -> None:
         for d in store.dead_letters(limit):
             table.add_row(d.received_at.isoformat(), d.source, d.tenant, d.topic or "",
                           d.reason)
-        Console().print(table)
+        _stdout().print(table)
         console.print(f"{store.count_dead_letters()} dead letters in all")
     finally:
         store.close()
@@ -196,7 +201,7 @@ def catalogue() -> None:
             table.add_row(spec.type, attr.name, attr.kind, attr.unit or "", rng,
                           "yes" if attr.person_derived else "", str(attr.retention_days),
                           attr.purpose)
-    Console().print(table)
+    _stdout().print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover
