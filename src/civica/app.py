@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from civica import __version__
 from civica.api.auth import KeyChecker
+from civica.api import home
 from civica.api.contexts import ContextResolver
 from civica.api.limits import BodySizeLimit
 from civica.api.ngsi_ld import batch, contexts, entities, types
@@ -35,8 +36,9 @@ NGSI_LD_PREFIX = "/ngsi-ld/v1"
 
 
 def problem_response(problem: Problem) -> Response:
-    return Response(orjson.dumps(problem.to_dict()), status_code=problem.status,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(problem.to_dict()), status_code=problem.status, media_type="application/json"
+    )
 
 
 class StripTrailingSlash:
@@ -53,8 +55,9 @@ class StripTrailingSlash:
         await self.app(scope, receive, send)
 
 
-def build_services(store: Store, settings: Settings | None = None,
-                   ingest: Ingest | None = None) -> Services:
+def build_services(
+    store: Store, settings: Settings | None = None, ingest: Ingest | None = None
+) -> Services:
     settings = settings or Settings()
     ingest = ingest or Ingest(store, PrivacyGate(), EventBus())
     return Services(
@@ -81,10 +84,15 @@ def create_app(svc: Services) -> FastAPI:
     for extra in svc.extras.get("routers", []):
         app.include_router(extra, prefix=NGSI_LD_PREFIX)
 
+    app.include_router(home.router)
+
     @app.get("/health", tags=["ops"], summary="Liveness and a few counters")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__,
-                "deadLetters": svc.store.count_dead_letters()}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "deadLetters": svc.store.count_dead_letters(),
+        }
 
     @app.exception_handler(Problem)
     async def on_problem(_: Request, exc: Problem) -> Response:
@@ -92,8 +100,9 @@ def create_app(svc: Services) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> Response:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
-                 for e in exc.errors()]
+        parts = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        ]
         return problem_response(Problem(BAD_REQUEST_DATA, "; ".join(parts)[:1000]))
 
     @app.exception_handler(StarletteHTTPException)

@@ -23,6 +23,8 @@ console = Console(stderr=True, soft_wrap=True)
 def _stdout() -> Console:
     """A console for tables; wide when piped so rows are not folded into unreadable cells."""
     return Console() if sys.stdout.isatty() else Console(width=240)
+
+
 DEFAULT_DB = "civica.duckdb"
 
 
@@ -43,9 +45,11 @@ def main() -> None:
     """Civica: one live, privacy-preserving picture of a city's infrastructure."""
 
 
-db_option = click.option("--db", default=None,
-                         help="Database file or URL (default: $CIVICA_DATABASE_URL or "
-                         f"./{DEFAULT_DB}).")
+db_option = click.option(
+    "--db",
+    default=None,
+    help=f"Database file or URL (default: $CIVICA_DATABASE_URL or ./{DEFAULT_DB}).",
+)
 
 
 def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
@@ -62,8 +66,9 @@ def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
         consumer = MqttIngest(services.ingest, mqtt)
         consumer.start()
         console.print(f"MQTT ingest subscribed on {mqtt} (topics civica/<tenant>/<type>/<id>)")
-    console.print(f"Civica API on http://{host}:{port}/ngsi-ld/v1/ "
-                  f"(OpenAPI: http://{host}:{port}/docs)")
+    console.print(
+        f"Civica API on http://{host}:{port}/ngsi-ld/v1/ (OpenAPI: http://{host}:{port}/docs)"
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
@@ -111,16 +116,21 @@ def demo(db: str, host: str, port: int, hours: int, mqtt: str | None, no_serve: 
     key = create_key(store, "admin", "demo admin")
     key_file = path.with_suffix(".key")
     key_file.write_text(key + "\n")
-    console.print(f"Seeded {report.entities} assets and {report.observations} observations "
-                  f"({report.rejected} rejected) into {db}.")
+    console.print(
+        f"Seeded {report.entities} assets and {report.observations} observations "
+        f"({report.rejected} rejected) into {db}."
+    )
     console.print(f"Admin API key (also in {key_file}):\n  {key}")
+    console.print(f"Open the city map: http://{host}:{port}/#key={key}")
     base = f"http://{host}:{port}/ngsi-ld/v1"
-    console.print("Try:\n"
-                  f"  curl -H 'Authorization: Bearer {key}' '{base}/types'\n"
-                  f"  curl -H 'Authorization: Bearer {key}' "
-                  f"'{base}/entities?type=AirQualityObserved&options=keyValues&limit=3'\n"
-                  f"  curl -H 'Authorization: Bearer {key}' "
-                  f"'{base}/entities?type=Streetlight&q=status==%22defectiveLamp%22'")
+    console.print(
+        "Try:\n"
+        f"  curl -H 'Authorization: Bearer {key}' '{base}/types'\n"
+        f"  curl -H 'Authorization: Bearer {key}' "
+        f"'{base}/entities?type=AirQualityObserved&options=keyValues&limit=3'\n"
+        f"  curl -H 'Authorization: Bearer {key}' "
+        f"'{base}/entities?type=Streetlight&q=status==%22defectiveLamp%22'"
+    )
     if no_serve:
         store.close()
         return
@@ -182,8 +192,7 @@ def dead_letters(limit: int, db: str | None) -> None:
     try:
         table = Table("received", "source", "tenant", "topic", "reason")
         for d in store.dead_letters(limit):
-            table.add_row(d.received_at.isoformat(), d.source, d.tenant, d.topic or "",
-                          d.reason)
+            table.add_row(d.received_at.isoformat(), d.source, d.tenant, d.topic or "", d.reason)
         _stdout().print(table)
         console.print(f"{store.count_dead_letters()} dead letters in all")
     finally:
@@ -193,14 +202,29 @@ def dead_letters(limit: int, db: str | None) -> None:
 @main.command()
 def catalogue() -> None:
     """Print the data catalogue: every attribute the platform accepts, and why."""
-    table = Table("type", "attribute", "kind", "unit", "range", "person-derived",
-                  "retention (days)", "purpose")
+    table = Table(
+        "type",
+        "attribute",
+        "kind",
+        "unit",
+        "range",
+        "person-derived",
+        "retention (days)",
+        "purpose",
+    )
     for spec in Catalogue().types():
         for attr in spec.attributes.values():
-            rng = ("" if attr.minimum is None else f"{attr.minimum:g}..{attr.maximum:g}")
-            table.add_row(spec.type, attr.name, attr.kind, attr.unit or "", rng,
-                          "yes" if attr.person_derived else "", str(attr.retention_days),
-                          attr.purpose)
+            rng = "" if attr.minimum is None else f"{attr.minimum:g}..{attr.maximum:g}"
+            table.add_row(
+                spec.type,
+                attr.name,
+                attr.kind,
+                attr.unit or "",
+                rng,
+                "yes" if attr.person_derived else "",
+                str(attr.retention_days),
+                attr.purpose,
+            )
     _stdout().print(table)
 
 

@@ -45,8 +45,9 @@ def revoke_key(store: Store, key_id: str) -> bool:
     if record is None:
         return False
     store.put_api_key(
-        ApiKeyRecord(record.key_id, record.key_hash, record.role, record.label,
-                     record.created_at, True)
+        ApiKeyRecord(
+            record.key_id, record.key_hash, record.role, record.label, record.created_at, True
+        )
     )
     return True
 

@@ -60,7 +60,9 @@ class ContextResolver:
             self._resolved[key] = ctx
         return ctx
 
-    def _collect(self, spec: Any, docs: list[Mapping[str, Any]], sources: list[str], depth: int) -> None:
+    def _collect(
+        self, spec: Any, docs: list[Mapping[str, Any]], sources: list[str], depth: int
+    ) -> None:
         if depth > MAX_NESTING:
             raise Problem(LD_CONTEXT_NOT_AVAILABLE, "@context nests too deeply")
         if isinstance(spec, str):
@@ -90,13 +92,16 @@ class ContextResolver:
             with httpx.Client(timeout=self.timeout, follow_redirects=True) as client:
                 resp = client.get(url, headers={"Accept": "application/ld+json, application/json"})
             if resp.status_code != 200:
-                raise Problem(LD_CONTEXT_NOT_AVAILABLE,
-                              f"@context {url} answered HTTP {resp.status_code}")
+                raise Problem(
+                    LD_CONTEXT_NOT_AVAILABLE, f"@context {url} answered HTTP {resp.status_code}"
+                )
             if len(resp.content) > MAX_CONTEXT_BYTES:
                 raise Problem(LD_CONTEXT_NOT_AVAILABLE, f"@context {url} is too large")
             document = orjson.loads(resp.content)
         except httpx.HTTPError as err:
-            raise Problem(LD_CONTEXT_NOT_AVAILABLE, f"@context {url} could not be fetched: {err}") from err
+            raise Problem(
+                LD_CONTEXT_NOT_AVAILABLE, f"@context {url} could not be fetched: {err}"
+            ) from err
         except orjson.JSONDecodeError as err:
             raise Problem(LD_CONTEXT_NOT_AVAILABLE, f"@context {url} is not JSON") from err
         if not isinstance(document, dict) or "@context" not in document:

@@ -77,8 +77,11 @@ def negotiate(request: Request, context_spec: Any, allow_geojson: bool = False) 
         return Output(JSON_LD, context_spec)
     if JSON in accept or "*/*" in accept or "application/*" in accept or not accept.strip():
         return Output(JSON, context_spec)
-    raise Problem(NOT_ACCEPTABLE, f"cannot answer in {accept[:80]!r}; accept application/json, "
-                  "application/ld+json" + (" or application/geo+json" if allow_geojson else ""))
+    raise Problem(
+        NOT_ACCEPTABLE,
+        f"cannot answer in {accept[:80]!r}; accept application/json, "
+        "application/ld+json" + (" or application/geo+json" if allow_geojson else ""),
+    )
 
 
 def read_context(request: Request, resolver: ContextResolver) -> tuple[LdContext, Any]:
@@ -93,9 +96,11 @@ async def read_body(request: Request, resolver: ContextResolver) -> tuple[Any, L
     """Parse a JSON / JSON-LD body; return (document, resolved context, context spec)."""
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype not in (JSON, JSON_LD, "application/merge-patch+json"):
-        raise Problem(UNSUPPORTED_MEDIA_TYPE,
-                      f"Content-Type {ctype or '(none)'!r} not supported; send application/json "
-                      "or application/ld+json")
+        raise Problem(
+            UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Type {ctype or '(none)'!r} not supported; send application/json "
+            "or application/ld+json",
+        )
     raw = await request.body()
     try:
         doc = orjson.loads(raw)
@@ -104,8 +109,9 @@ async def read_body(request: Request, resolver: ContextResolver) -> tuple[Any, L
     link = link_context(request)
     if ctype == JSON_LD:
         if link is not None:
-            raise bad_request("with application/ld+json the @context goes in the body, "
-                              "not in a Link header")
+            raise bad_request(
+                "with application/ld+json the @context goes in the body, not in a Link header"
+            )
         spec = _body_context(doc)
         if spec is None:
             raise bad_request("an application/ld+json body must carry an @context")
@@ -123,14 +129,15 @@ def _body_context(doc: Any) -> Any:
 
 
 def json_response(
-    content: Any, output: Output | None = None, status: int = 200,
+    content: Any,
+    output: Output | None = None,
+    status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> Response:
     media = output.media_type if output else JSON
     hdrs = dict(headers or {})
     if output is not None and media == JSON and output.context_spec is not None:
-        hdrs["Link"] = (f'<{output.context_spec}>; rel="{CONTEXT_REL}"; '
-                        'type="application/ld+json"')
+        hdrs["Link"] = f'<{output.context_spec}>; rel="{CONTEXT_REL}"; type="application/ld+json"'
     return Response(orjson.dumps(content), status_code=status, media_type=media, headers=hdrs)
 
 

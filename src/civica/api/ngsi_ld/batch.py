@@ -50,8 +50,9 @@ async def batch_create(request: Request, svc: Services = Depends(services)) -> R
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
     kv = "keyValues" in options_of(request)
-    out = await run_in_threadpool(svc.ingest.create, tenant_of(request), _entities(doc, svc),
-                                  ctx, key_values=kv)
+    out = await run_in_threadpool(
+        svc.ingest.create, tenant_of(request), _entities(doc, svc), ctx, key_values=kv
+    )
     return _result(out, 201, out.created)
 
 
@@ -61,8 +62,12 @@ async def batch_upsert(request: Request, svc: Services = Depends(services)) -> R
     doc, ctx, _ = await read_body(request, svc.resolver)
     options = options_of(request)
     out = await run_in_threadpool(
-        svc.ingest.upsert, tenant_of(request), _entities(doc, svc), ctx,
-        key_values="keyValues" in options, replace="replace" in options,
+        svc.ingest.upsert,
+        tenant_of(request),
+        _entities(doc, svc),
+        ctx,
+        key_values="keyValues" in options,
+        replace="replace" in options,
     )
     if out.created:
         return _result(out, 201, out.created)
@@ -75,8 +80,12 @@ async def batch_update(request: Request, svc: Services = Depends(services)) -> R
     doc, ctx, _ = await read_body(request, svc.resolver)
     options = options_of(request)
     out = await run_in_threadpool(
-        svc.ingest.update, tenant_of(request), _entities(doc, svc), ctx,
-        key_values="keyValues" in options, no_overwrite="noOverwrite" in options,
+        svc.ingest.update,
+        tenant_of(request),
+        _entities(doc, svc),
+        ctx,
+        key_values="keyValues" in options,
+        no_overwrite="noOverwrite" in options,
     )
     return _result(out, 204, None)
 

@@ -29,11 +29,21 @@ def list_contexts(request: Request, svc: Services = Depends(services)) -> Respon
     entries = svc.resolver.entries()
     if not details:
         return json_response([CORE_CONTEXT_URL, *(e.url for e in entries)])
-    return json_response([
-        {"URL": CORE_CONTEXT_URL, "localId": "core", "kind": "ImplicitlyCreated"},
-        *({"URL": e.url, "localId": e.url, "kind": e.kind,
-           "createdAt": format_time(e.created_at), "numberOfHits": e.hits} for e in entries),
-    ])
+    return json_response(
+        [
+            {"URL": CORE_CONTEXT_URL, "localId": "core", "kind": "ImplicitlyCreated"},
+            *(
+                {
+                    "URL": e.url,
+                    "localId": e.url,
+                    "kind": e.kind,
+                    "createdAt": format_time(e.created_at),
+                    "numberOfHits": e.hits,
+                }
+                for e in entries
+            ),
+        ]
+    )
 
 
 @router.get("/{context_id:path}", summary="One @context")
@@ -64,8 +74,9 @@ async def add_context(request: Request, svc: Services = Depends(services)) -> Re
 
 
 @router.delete("/{context_id:path}", status_code=204, summary="Forget a @context")
-def delete_context(context_id: str, request: Request,
-                   svc: Services = Depends(services)) -> Response:
+def delete_context(
+    context_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "manage")
     if not svc.resolver.delete(unquote(context_id)):
         raise not_found(f"no cached @context {unquote(context_id)}")

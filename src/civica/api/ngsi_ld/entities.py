@@ -33,7 +33,9 @@ from civica.core.store import EntityQuery
 router = APIRouter(tags=["entities"])
 
 
-def entity_query(request: Request, svc: Services, ctx: LdContext, params: dict[str, Any]) -> EntityQuery:
+def entity_query(
+    request: Request, svc: Services, ctx: LdContext, params: dict[str, Any]
+) -> EntityQuery:
     """Build an EntityQuery from NGSI-LD query parameters (GET) or a Query body (POST)."""
     types = comma_list(params.get("type"))
     ids = comma_list(params.get("id"))
@@ -41,7 +43,9 @@ def entity_query(request: Request, svc: Services, ctx: LdContext, params: dict[s
     q_text = params.get("q")
     id_pattern = params.get("idPattern")
     geo = parse_geo_query(
-        params.get("georel"), params.get("geometry"), params.get("coordinates"),
+        params.get("georel"),
+        params.get("geometry"),
+        params.get("coordinates"),
         params.get("geoproperty"),
     )
     if not (types or ids or attrs or q_text or id_pattern or geo):
@@ -60,8 +64,13 @@ def entity_query(request: Request, svc: Services, ctx: LdContext, params: dict[s
         raise Problem(TOO_MANY_RESULTS, f"limit may be at most {svc.settings.max_limit}")
     q = parse_q(q_text).rename(ctx.to_canonical) if q_text else None
     if geo is not None and geo.geoproperty != "location":
-        geo = type(geo)(geo.georel, geo.geometry, ctx.to_canonical(geo.geoproperty),
-                        geo.max_distance, geo.min_distance)
+        geo = type(geo)(
+            geo.georel,
+            geo.geometry,
+            ctx.to_canonical(geo.geoproperty),
+            geo.max_distance,
+            geo.min_distance,
+        )
     return EntityQuery(
         types=tuple(ctx.to_canonical(t) for t in types) if types else None,
         ids=ids,
@@ -90,8 +99,9 @@ def _flag(raw: str | None) -> bool:
     return raw is not None and raw.lower() == "true"
 
 
-def _answer_query(request: Request, svc: Services, params: dict[str, Any], ctx: LdContext,
-                  spec: Any) -> Response:
+def _answer_query(
+    request: Request, svc: Services, params: dict[str, Any], ctx: LdContext, spec: Any
+) -> Response:
     tenant = tenant_of(request)
     require_known_tenant(tenant, svc.tenants)
     output = negotiate(request, spec, allow_geojson=True)
@@ -104,8 +114,9 @@ def _answer_query(request: Request, svc: Services, params: dict[str, Any], ctx: 
     attrs = query.attrs
     if output.media_type == GEO_JSON:
         features = [render_feature(s, ctx, options) for s in page.items]
-        return json_response({"type": "FeatureCollection", "features": features}, output,
-                             headers=headers)
+        return json_response(
+            {"type": "FeatureCollection", "features": features}, output, headers=headers
+        )
     items = [render_entity(s, ctx, output, attrs=attrs, options=options) for s in page.items]
     return json_response(items, output, headers=headers)
 
@@ -117,8 +128,9 @@ def query_entities(request: Request, svc: Services = Depends(services)) -> Respo
     return _answer_query(request, svc, dict(request.query_params), ctx, spec)
 
 
-@router.post("/entityOperations/query", summary="Query entities (POST)",
-             openapi_extra=body(FRAGMENT))
+@router.post(
+    "/entityOperations/query", summary="Query entities (POST)", openapi_extra=body(FRAGMENT)
+)
 async def post_query(request: Request, svc: Services = Depends(services)) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "read")
     doc, ctx, spec = await read_body(request, svc.resolver)
@@ -139,13 +151,16 @@ async def post_query(request: Request, svc: Services = Depends(services)) -> Res
         params["q"] = doc["q"]
     geo = doc.get("geoQ")
     if isinstance(geo, dict):
-        params.update(georel=geo.get("georel"), geometry=geo.get("geometry"),
-                      coordinates=geo.get("coordinates"), geoproperty=geo.get("geoproperty"))
+        params.update(
+            georel=geo.get("georel"),
+            geometry=geo.get("geometry"),
+            coordinates=geo.get("coordinates"),
+            geoproperty=geo.get("geoproperty"),
+        )
     return await run_in_threadpool(_answer_query, request, svc, params, ctx, spec)
 
 
-@router.post("/entities", status_code=201, summary="Create an entity",
-             openapi_extra=body(ENTITY))
+@router.post("/entities", status_code=201, summary="Create an entity", openapi_extra=body(ENTITY))
 async def create_entity(request: Request, svc: Services = Depends(services)) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
@@ -160,8 +175,9 @@ async def create_entity(request: Request, svc: Services = Depends(services)) -> 
 
 
 @router.get("/entities/{entity_id}", summary="Retrieve an entity")
-def retrieve_entity(entity_id: str, request: Request,
-                    svc: Services = Depends(services)) -> Response:
+def retrieve_entity(
+    entity_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "read")
     tenant = tenant_of(request)
     require_known_tenant(tenant, svc.tenants)
@@ -178,35 +194,52 @@ def retrieve_entity(entity_id: str, request: Request,
     options = options_of(request)
     if output.media_type == GEO_JSON:
         return json_response(render_feature(found, ctx, options), output)
-    return json_response(render_entity(found, ctx, output, attrs=canonical, options=options),
-                         output)
+    return json_response(
+        render_entity(found, ctx, output, attrs=canonical, options=options), output
+    )
 
 
-@router.put("/entities/{entity_id}", status_code=204, summary="Replace an entity",
-            openapi_extra=body(FRAGMENT))
-async def replace_entity(entity_id: str, request: Request,
-                         svc: Services = Depends(services)) -> Response:
+@router.put(
+    "/entities/{entity_id}",
+    status_code=204,
+    summary="Replace an entity",
+    openapi_extra=body(FRAGMENT),
+)
+async def replace_entity(
+    entity_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
     await run_in_threadpool(svc.ingest.replace_entity, tenant_of(request), entity_id, doc, ctx)
     return Response(status_code=204)
 
 
-@router.patch("/entities/{entity_id}", status_code=204, summary="Merge into an entity",
-              openapi_extra=body(FRAGMENT))
-async def merge_entity(entity_id: str, request: Request,
-                       svc: Services = Depends(services)) -> Response:
+@router.patch(
+    "/entities/{entity_id}",
+    status_code=204,
+    summary="Merge into an entity",
+    openapi_extra=body(FRAGMENT),
+)
+async def merge_entity(
+    entity_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
     key_values = "keyValues" in options_of(request)
-    await run_in_threadpool(svc.ingest.write_attributes, tenant_of(request), entity_id,
-                            _fragment(doc, entity_id), ctx, key_values=key_values, mode="append")
+    await run_in_threadpool(
+        svc.ingest.write_attributes,
+        tenant_of(request),
+        entity_id,
+        _fragment(doc, entity_id),
+        ctx,
+        key_values=key_values,
+        mode="append",
+    )
     return Response(status_code=204)
 
 
 @router.delete("/entities/{entity_id}", status_code=204, summary="Delete an entity")
-def delete_entity(entity_id: str, request: Request,
-                  svc: Services = Depends(services)) -> Response:
+def delete_entity(entity_id: str, request: Request, svc: Services = Depends(services)) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "delete")
     tenant = tenant_of(request)
     out = svc.ingest.delete(tenant, [entity_id])
@@ -223,31 +256,47 @@ def _fragment(doc: Any, entity_id: str) -> Any:
     return doc
 
 
-@router.post("/entities/{entity_id}/attrs", summary="Append attributes",
-             openapi_extra=body(FRAGMENT))
-async def append_attrs(entity_id: str, request: Request,
-                       svc: Services = Depends(services)) -> Response:
+@router.post(
+    "/entities/{entity_id}/attrs", summary="Append attributes", openapi_extra=body(FRAGMENT)
+)
+async def append_attrs(
+    entity_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
     options = options_of(request)
     mode = "noOverwrite" if "noOverwrite" in options else "append"
     skipped = await run_in_threadpool(
-        svc.ingest.write_attributes, tenant_of(request), entity_id, _fragment(doc, entity_id),
-        ctx, key_values="keyValues" in options, mode=mode)
+        svc.ingest.write_attributes,
+        tenant_of(request),
+        entity_id,
+        _fragment(doc, entity_id),
+        ctx,
+        key_values="keyValues" in options,
+        mode=mode,
+    )
     if skipped:
         return _partial(doc, skipped, "attribute exists and noOverwrite was asked")
     return Response(status_code=204)
 
 
-@router.patch("/entities/{entity_id}/attrs", summary="Update attributes",
-              openapi_extra=body(FRAGMENT))
-async def update_attrs(entity_id: str, request: Request,
-                       svc: Services = Depends(services)) -> Response:
+@router.patch(
+    "/entities/{entity_id}/attrs", summary="Update attributes", openapi_extra=body(FRAGMENT)
+)
+async def update_attrs(
+    entity_id: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
     skipped = await run_in_threadpool(
-        svc.ingest.write_attributes, tenant_of(request), entity_id, _fragment(doc, entity_id),
-        ctx, key_values="keyValues" in options_of(request), mode="update")
+        svc.ingest.write_attributes,
+        tenant_of(request),
+        entity_id,
+        _fragment(doc, entity_id),
+        ctx,
+        key_values="keyValues" in options_of(request),
+        mode="update",
+    )
     if skipped:
         return _partial(doc, skipped, "attribute does not exist")
     return Response(status_code=204)
@@ -256,38 +305,52 @@ async def update_attrs(entity_id: str, request: Request,
 def _partial(doc: Any, skipped: list[str], reason: str) -> Response:
     updated = [k for k in doc if k not in skipped and k not in ("id", "type", "@context")]
     return json_response(
-        {"updated": updated, "notUpdated": [{"attributeName": k, "reason": reason}
-                                            for k in skipped]},
+        {
+            "updated": updated,
+            "notUpdated": [{"attributeName": k, "reason": reason} for k in skipped],
+        },
         status=207,
     )
 
 
-@router.patch("/entities/{entity_id}/attrs/{attr}", status_code=204,
-              summary="Partial attribute update", openapi_extra=body(FRAGMENT))
-async def patch_attr(entity_id: str, attr: str, request: Request,
-                     svc: Services = Depends(services)) -> Response:
+@router.patch(
+    "/entities/{entity_id}/attrs/{attr}",
+    status_code=204,
+    summary="Partial attribute update",
+    openapi_extra=body(FRAGMENT),
+)
+async def patch_attr(
+    entity_id: str, attr: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
-    await run_in_threadpool(svc.ingest.patch_attribute, tenant_of(request), entity_id, attr,
-                            doc, ctx)
+    await run_in_threadpool(
+        svc.ingest.patch_attribute, tenant_of(request), entity_id, attr, doc, ctx
+    )
     return Response(status_code=204)
 
 
-@router.put("/entities/{entity_id}/attrs/{attr}", status_code=204,
-            summary="Replace an attribute", openapi_extra=body(FRAGMENT))
-async def replace_attr(entity_id: str, attr: str, request: Request,
-                       svc: Services = Depends(services)) -> Response:
+@router.put(
+    "/entities/{entity_id}/attrs/{attr}",
+    status_code=204,
+    summary="Replace an attribute",
+    openapi_extra=body(FRAGMENT),
+)
+async def replace_attr(
+    entity_id: str, attr: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     doc, ctx, _ = await read_body(request, svc.resolver)
-    await run_in_threadpool(svc.ingest.patch_attribute, tenant_of(request), entity_id, attr,
-                            doc, ctx, replace=True)
+    await run_in_threadpool(
+        svc.ingest.patch_attribute, tenant_of(request), entity_id, attr, doc, ctx, replace=True
+    )
     return Response(status_code=204)
 
 
-@router.delete("/entities/{entity_id}/attrs/{attr}", status_code=204,
-               summary="Delete an attribute")
-def delete_attr(entity_id: str, attr: str, request: Request,
-                svc: Services = Depends(services)) -> Response:
+@router.delete("/entities/{entity_id}/attrs/{attr}", status_code=204, summary="Delete an attribute")
+def delete_attr(
+    entity_id: str, attr: str, request: Request, svc: Services = Depends(services)
+) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
     ctx, _ = read_context(request, svc.resolver)
     svc.ingest.delete_attribute(tenant_of(request), entity_id, attr, ctx)

@@ -1,4 +1,4 @@
-"""Entities on the way out: projection, keyValues, system attributes, names in the client's context."""
+"""Entities on the way out: projection, keyValues, system attrs, names in the client's context."""
 
 from __future__ import annotations
 

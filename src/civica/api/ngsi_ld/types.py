@@ -33,16 +33,27 @@ def list_types(request: Request, svc: Services = Depends(services)) -> Response:
     infos = svc.store.entity_types(tenant)
     if _details(request):
         body = [
-            with_context({"id": ctx.expand(t.type), "type": "EntityType",
-                          "typeName": ctx.from_canonical(t.type),
-                          "attributeNames": [ctx.from_canonical(a) for a in t.attributes]},
-                         output)
+            with_context(
+                {
+                    "id": ctx.expand(t.type),
+                    "type": "EntityType",
+                    "typeName": ctx.from_canonical(t.type),
+                    "attributeNames": [ctx.from_canonical(a) for a in t.attributes],
+                },
+                output,
+            )
             for t in infos
         ]
         return json_response(body, output)
     return json_response(
-        with_context({"id": "urn:ngsi-ld:EntityTypeList:civica", "type": "EntityTypeList",
-                      "typeList": [ctx.from_canonical(t.type) for t in infos]}, output),
+        with_context(
+            {
+                "id": "urn:ngsi-ld:EntityTypeList:civica",
+                "type": "EntityTypeList",
+                "typeList": [ctx.from_canonical(t.type) for t in infos],
+            },
+            output,
+        ),
         output,
     )
 
@@ -57,17 +68,26 @@ def type_info(type_name: str, request: Request, svc: Services = Depends(services
     canonical = ctx.to_canonical(type_name)
     for info in svc.store.entity_types(tenant):
         if info.type == canonical:
-            return json_response(with_context({
-                "id": ctx.expand(info.type),
-                "type": "EntityTypeInfo",
-                "typeName": ctx.from_canonical(info.type),
-                "entityCount": info.count,
-                "attributeDetails": [
-                    {"id": ctx.expand(a), "type": "Attribute",
-                     "attributeName": ctx.from_canonical(a)}
-                    for a in info.attributes
-                ],
-            }, output), output)
+            return json_response(
+                with_context(
+                    {
+                        "id": ctx.expand(info.type),
+                        "type": "EntityTypeInfo",
+                        "typeName": ctx.from_canonical(info.type),
+                        "entityCount": info.count,
+                        "attributeDetails": [
+                            {
+                                "id": ctx.expand(a),
+                                "type": "Attribute",
+                                "attributeName": ctx.from_canonical(a),
+                            }
+                            for a in info.attributes
+                        ],
+                    },
+                    output,
+                ),
+                output,
+            )
     raise not_found(f"no entity of type {type_name!r}")
 
 
@@ -83,16 +103,32 @@ def list_attributes(request: Request, svc: Services = Depends(services)) -> Resp
         for attr in info.attributes:
             by_attr.setdefault(attr, []).append(info.type)
     if _details(request):
-        return json_response([
-            with_context({"id": ctx.expand(a), "type": "Attribute",
-                          "attributeName": ctx.from_canonical(a),
-                          "typeNames": [ctx.from_canonical(t) for t in ts]}, output)
-            for a, ts in sorted(by_attr.items())
-        ], output)
-    return json_response(with_context({
-        "id": "urn:ngsi-ld:AttributeList:civica", "type": "AttributeList",
-        "attributeList": [ctx.from_canonical(a) for a in sorted(by_attr)],
-    }, output), output)
+        return json_response(
+            [
+                with_context(
+                    {
+                        "id": ctx.expand(a),
+                        "type": "Attribute",
+                        "attributeName": ctx.from_canonical(a),
+                        "typeNames": [ctx.from_canonical(t) for t in ts],
+                    },
+                    output,
+                )
+                for a, ts in sorted(by_attr.items())
+            ],
+            output,
+        )
+    return json_response(
+        with_context(
+            {
+                "id": "urn:ngsi-ld:AttributeList:civica",
+                "type": "AttributeList",
+                "attributeList": [ctx.from_canonical(a) for a in sorted(by_attr)],
+            },
+            output,
+        ),
+        output,
+    )
 
 
 @router.get("/attributes/{attr}", summary="Details of one attribute")
@@ -106,9 +142,16 @@ def attribute_info(attr: str, request: Request, svc: Services = Depends(services
     infos = [i for i in svc.store.entity_types(tenant) if canonical in i.attributes]
     if not infos:
         raise not_found(f"no entity has attribute {attr!r}")
-    return json_response(with_context({
-        "id": ctx.expand(canonical), "type": "Attribute",
-        "attributeName": ctx.from_canonical(canonical),
-        "attributeCount": sum(i.count for i in infos),
-        "typeNames": [ctx.from_canonical(i.type) for i in infos],
-    }, output), output)
+    return json_response(
+        with_context(
+            {
+                "id": ctx.expand(canonical),
+                "type": "Attribute",
+                "attributeName": ctx.from_canonical(canonical),
+                "attributeCount": sum(i.count for i in infos),
+                "typeNames": [ctx.from_canonical(i.type) for i in infos],
+            },
+            output,
+        ),
+        output,
+    )
