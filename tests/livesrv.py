@@ -42,8 +42,9 @@ class LiveServer:
 def serve(services: Services) -> Iterator[LiveServer]:
     """Run the app in a background thread until the block ends."""
     port = free_port()
-    config = uvicorn.Config(create_app(services), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(services), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -53,8 +54,9 @@ def serve(services: Services) -> Iterator[LiveServer]:
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", services,
-                         create_key(services.store, "admin", "test admin"))
+        yield LiveServer(
+            f"http://127.0.0.1:{port}", services, create_key(services.store, "admin", "test admin")
+        )
     finally:
         server.should_exit = True
         thread.join(timeout=10)

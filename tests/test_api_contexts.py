@@ -55,14 +55,23 @@ def contexts() -> Iterator[ContextServer]:
     server = ContextServer()
     # "light" is a local alias of the default-vocabulary term "status"; "sdm:" terms are IRIs
     # outside the default vocabulary and stay full IRIs in storage.
-    server.documents["/city.jsonld"] = orjson.dumps({"@context": {
-        "sdm": SDM,
-        "lampState": "https://uri.etsi.org/ngsi-ld/default-context/status",
-        "Lamp": "https://uri.etsi.org/ngsi-ld/default-context/Streetlight",
-    }})
-    server.documents["/nested.jsonld"] = orjson.dumps({"@context": [
-        f"{server.url}/city.jsonld", {"glow": "https://uri.etsi.org/ngsi-ld/default-context/"
-                                               "illuminanceLevel"}]})
+    server.documents["/city.jsonld"] = orjson.dumps(
+        {
+            "@context": {
+                "sdm": SDM,
+                "lampState": "https://uri.etsi.org/ngsi-ld/default-context/status",
+                "Lamp": "https://uri.etsi.org/ngsi-ld/default-context/Streetlight",
+            }
+        }
+    )
+    server.documents["/nested.jsonld"] = orjson.dumps(
+        {
+            "@context": [
+                f"{server.url}/city.jsonld",
+                {"glow": "https://uri.etsi.org/ngsi-ld/default-context/illuminanceLevel"},
+            ]
+        }
+    )
     server.documents["/broken.jsonld"] = b"{not json"
     yield server
     server.close()
@@ -74,8 +83,11 @@ def link(url: str) -> str:
 
 def test_link_context_expands_and_compacts(live: LiveServer, contexts: ContextServer) -> None:
     ctx_url = f"{contexts.url}/city.jsonld"
-    doc = {"id": "urn:ngsi-ld:Streetlight:1", "type": "Lamp",
-           "lampState": {"type": "Property", "value": "ok"}}
+    doc = {
+        "id": "urn:ngsi-ld:Streetlight:1",
+        "type": "Lamp",
+        "lampState": {"type": "Property", "value": "ok"},
+    }
     with live.client() as c:
         r = c.post(f"{BASE}/entities", json=doc, headers={"Link": link(ctx_url)})
         assert r.status_code == 201, r.text
@@ -83,12 +95,14 @@ def test_link_context_expands_and_compacts(live: LiveServer, contexts: ContextSe
         plain = c.get(f"{BASE}/entities/urn:ngsi-ld:Streetlight:1").json()
         assert plain["type"] == "Streetlight" and plain["status"]["value"] == "ok"
         # A client using the same context sees its own aliases, and a Link header back.
-        mine = c.get(f"{BASE}/entities/urn:ngsi-ld:Streetlight:1",
-                     headers={"Link": link(ctx_url)})
+        mine = c.get(f"{BASE}/entities/urn:ngsi-ld:Streetlight:1", headers={"Link": link(ctx_url)})
         assert mine.json()["type"] == "Lamp" and "lampState" in mine.json()
         assert ctx_url in mine.headers["Link"]
-        query = c.get(f"{BASE}/entities", params={"type": "Lamp", "q": 'lampState=="ok"'},
-                      headers={"Link": link(ctx_url)})
+        query = c.get(
+            f"{BASE}/entities",
+            params={"type": "Lamp", "q": 'lampState=="ok"'},
+            headers={"Link": link(ctx_url)},
+        )
         assert [e["id"] for e in query.json()] == ["urn:ngsi-ld:Streetlight:1"]
         for _ in range(3):
             c.get(f"{BASE}/types", headers={"Link": link(ctx_url)})
@@ -100,11 +114,18 @@ def test_link_context_expands_and_compacts(live: LiveServer, contexts: ContextSe
 
 
 def test_body_context_and_nested_contexts(live: LiveServer, contexts: ContextServer) -> None:
-    doc = {"@context": f"{contexts.url}/nested.jsonld", "id": "urn:ngsi-ld:Streetlight:2",
-           "type": "Lamp", "glow": {"type": "Property", "value": 0.4}}
+    doc = {
+        "@context": f"{contexts.url}/nested.jsonld",
+        "id": "urn:ngsi-ld:Streetlight:2",
+        "type": "Lamp",
+        "glow": {"type": "Property", "value": 0.4},
+    }
     with live.client() as c:
-        r = c.post(f"{BASE}/entities", content=orjson.dumps(doc),
-                   headers={"Content-Type": "application/ld+json"})
+        r = c.post(
+            f"{BASE}/entities",
+            content=orjson.dumps(doc),
+            headers={"Content-Type": "application/ld+json"},
+        )
         assert r.status_code == 201, r.text
         stored = live.services.store.get_entities("default", ["urn:ngsi-ld:Streetlight:2"])
         assert stored["urn:ngsi-ld:Streetlight:2"].entity["illuminanceLevel"]["value"] == 0.4

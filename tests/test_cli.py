@@ -17,14 +17,16 @@ CIVICA = [sys.executable, "-m", "civica.cli"]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CIVICA, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [*CIVICA, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
     db = str(tmp_path / "city.duckdb")
-    made = run("keys", "create", "--role", "device", "--label", "gateway 7", "--db", db,
-               cwd=tmp_path)
+    made = run(
+        "keys", "create", "--role", "device", "--label", "gateway 7", "--db", db, cwd=tmp_path
+    )
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("civ_") and len(key) > 40
@@ -50,16 +52,26 @@ def test_demo_seeds_a_city_that_the_api_serves(tmp_path: Path) -> None:
     key = (tmp_path / "demo.key").read_text().strip()
     store = DuckDBStore(db)
     try:
-        with serve(build_services(store)) as live, httpx.Client(
-            base_url=live.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        with (
+            serve(build_services(store)) as live,
+            httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {key}"}) as c,
+        ):
             types = c.get("/ngsi-ld/v1/types").json()["typeList"]
-            assert {"Streetlight", "WaterObserved", "AirQualityObserved",
-                    "TrafficFlowObserved", "CrowdFlowObserved"} <= set(types)
-            lights = c.get("/ngsi-ld/v1/entities", params={
-                "type": "Streetlight", "count": "true", "limit": 0})
+            assert {
+                "Streetlight",
+                "WaterObserved",
+                "AirQualityObserved",
+                "TrafficFlowObserved",
+                "CrowdFlowObserved",
+            } <= set(types)
+            lights = c.get(
+                "/ngsi-ld/v1/entities", params={"type": "Streetlight", "count": "true", "limit": 0}
+            )
             assert lights.headers["NGSILD-Results-Count"] == "200"
-            air = c.get("/ngsi-ld/v1/entities", params={
-                "type": "AirQualityObserved", "options": "keyValues", "limit": 1}).json()[0]
+            air = c.get(
+                "/ngsi-ld/v1/entities",
+                params={"type": "AirQualityObserved", "options": "keyValues", "limit": 1},
+            ).json()[0]
             assert 0 < air["no2"] < 200 and air["location"]["type"] == "Point"
     finally:
         store.close()

@@ -17,7 +17,8 @@ from civica.api.auth import KeyChecker
 from civica.api import home
 from civica.api.contexts import ContextResolver
 from civica.api.limits import BodySizeLimit
-from civica.api.ngsi_ld import batch, contexts, entities, types
+from civica.api.ngsi_ld import batch, contexts, entities, subscriptions, temporal, types
+from civica.api.notifier import notifier_for
 from civica.api.services import Services, Settings
 from civica.core.bus import EventBus
 from civica.core.problems import (
@@ -77,9 +78,10 @@ def create_app(svc: Services) -> FastAPI:
         description="City operations platform: NGSI-LD API (ETSI GS CIM 009 subset), "
         "privacy by construction.",
         openapi_url="/openapi.json",
+        lifespan=notifier_for(svc).lifespan,
     )
     app.state.services = svc
-    for module in (entities, batch, types, contexts):
+    for module in (entities, batch, types, contexts, temporal, subscriptions):
         app.include_router(module.router, prefix=NGSI_LD_PREFIX)
     for extra in svc.extras.get("routers", []):
         app.include_router(extra, prefix=NGSI_LD_PREFIX)

@@ -38,6 +38,9 @@ _ATTRIBUTE_MEMBERS = frozenset(
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
 MAX_DEPTH = 4
+# JSON values nest at most this deep: orjson stops at 255 levels when a document is stored
+# or echoed back, and no city data needs more.
+MAX_VALUE_DEPTH = 64
 _NAME_RE = re.compile(r"^[^\s<>\"'=;()\[\]\\]+$")
 _IRI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>\"]+$")
 GEOMETRY_TYPES = frozenset(
@@ -196,7 +199,25 @@ def _check_value(name: str, value: Any) -> Any:
         raise bad_request(f"attribute {name!r} has a null value", attribute=name)
     if isinstance(value, float) and not math.isfinite(value):
         raise bad_request(f"attribute {name!r} is not a finite number", attribute=name)
+    if isinstance(value, dict | list):
+        check_nesting(value, f"attribute {name!r}")
     return value
+
+
+def check_nesting(value: Any, what: str, limit: int = MAX_VALUE_DEPTH) -> None:
+    """Refuse a JSON value nested deeper than ``limit`` levels of objects and arrays."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            raise bad_request(f"{what} is nested deeper than {limit} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _check_position(pos: Any, name: str) -> None:
@@ -237,8 +258,12 @@ def check_geometry(value: Any, name: str = "geometry") -> dict[str, Any]:
     """Validate a GeoJSON geometry (WGS 84 longitude/latitude)."""
     if not isinstance(value, dict) or value.get("type") not in GEOMETRY_TYPES:
         raise bad_request(f"{name!r} must be a GeoJSON geometry", attribute=name)
-    coords = value.get("coordinates")
+    coords: Any = value.get("coordinates")  # shape checked by _check_positions
     _check_positions(coords, _GEOMETRY_DEPTH[value["type"]], name)
+    if value["type"] in ("LineString", "MultiLineString"):
+        lines = [coords] if value["type"] == "LineString" else coords
+        if any(len(line) < 2 for line in lines):
+            raise bad_request(f"{name!r}: a line needs at least two positions", attribute=name)
     if value["type"] in ("Polygon", "MultiPolygon"):
         rings = coords if value["type"] == "Polygon" else [r for p in coords for r in p]
         for ring in rings:

@@ -67,7 +67,10 @@ class GeoQuery:
             dlat = math.degrees(self.max_distance / EARTH_RADIUS_M)
             coslat = max(math.cos(math.radians(max(abs(lo_y), abs(hi_y)) + dlat)), 1e-6)
             dlon = min(180.0, dlat / coslat)
-            return lo_x - dlon, lo_y - dlat, hi_x + dlon, hi_y + dlat
+            west, east = lo_x - dlon, hi_x + dlon
+            if west < -180.0 or east > 180.0:
+                west, east = -180.0, 180.0  # the circle wraps round the antimeridian
+            return west, lo_y - dlat, east, hi_y + dlat
         return lo_x, lo_y, hi_x, hi_y
 
     def matches(self, entity: Mapping[str, Any], query_shape: BaseGeometry | None = None) -> bool:
@@ -123,6 +126,10 @@ def parse_geo_query(
         return None
     if not (georel and geometry and coordinates is not None):
         raise bad_request("a geo-query needs georel, geometry and coordinates together")
+    if not isinstance(georel, str) or not isinstance(geometry, str):
+        raise bad_request("georel and geometry must be strings")
+    if geoproperty is not None and not isinstance(geoproperty, str):
+        raise bad_request("geoproperty must be a string")
     parts = georel.split(";")
     rel = parts[0]
     if rel not in GEORELS:

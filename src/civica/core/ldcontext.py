@@ -110,6 +110,9 @@ class LdContext:
             return CORE_TERMS[term]
         if term in self.terms:
             return self.terms[term]
+        prefix, colon, rest = term.partition(":")
+        if colon and prefix in self.terms and not rest.startswith("//"):
+            return self.terms[prefix] + rest  # a compact IRI such as 'ex:pressure'
         if _is_absolute_iri(term):
             return term
         return self.vocab + term
@@ -119,10 +122,14 @@ class LdContext:
         if iri in _CORE_REVERSE:
             return _CORE_REVERSE[iri]
         for term, full in self.terms.items():
-            if full == iri:
+            if full == iri and term not in CORE_TERMS:
                 return term
-        if iri.startswith(self.vocab) and "/" not in iri[len(self.vocab) :]:
-            return iri[len(self.vocab) :]
+        rest = iri[len(self.vocab) :] if iri.startswith(self.vocab) else ""
+        # Only shorten to a name that expands back to this IRI: not one a term (of this
+        # context or the core) defines otherwise, nor one that reads as an IRI itself.
+        clash = rest in self.terms or rest in CORE_TERMS
+        if rest and not clash and not any(c in rest for c in "/:#"):
+            return rest
         return iri
 
     def to_canonical(self, term: str) -> str:

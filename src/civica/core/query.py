@@ -16,10 +16,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from civica.core.problems import bad_request
+from civica.core.problems import TOO_COMPLEX_QUERY, Problem, bad_request
+from civica.core.timefmt import normalise_time
 
 MAX_Q_LENGTH = 2048
+MAX_Q_DEPTH = 32  # nested parentheses; deeper input would exhaust the parser's stack
 _OPS = ("==", "!=", ">=", "<=", "!~=", "~=", ">", "<")
+# Python's int()/float() also take '1_000', 'nan', 'inf' and non-ASCII digits; q does not.
+_NUMBER_RE = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_DATETIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T")
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
         self.pos = 0
+        self.depth = 0
 
     def fail(self, why: str) -> Exception:
         return bad_request(f"invalid q at position {self.pos}: {why}", q=self.text[:200])
@@ -195,11 +201,15 @@ class _Parser:
 
     def parse_atom(self) -> Node:
         if self.peek() == "(":
+            self.depth += 1
+            if self.depth > MAX_Q_DEPTH:
+                raise Problem(TOO_COMPLEX_QUERY, f"q nests parentheses deeper than {MAX_Q_DEPTH}")
             self.pos += 1
             node = self.parse_or()
             if self.peek() != ")":
                 raise self.fail("missing ')'")
             self.pos += 1
+            self.depth -= 1
             return node
         path = self.parse_path()
         for op in _OPS:
@@ -238,7 +248,7 @@ class _Parser:
             pattern = raw[1:-1] if raw.startswith('"') and raw.endswith('"') else raw
             try:
                 return re.compile(pattern)
-            except re.error as err:
+            except (re.error, OverflowError) as err:  # OverflowError: a{99999999999}
                 raise self.fail(f"bad regular expression: {err}") from err
         first = self.scalar()
         if self.text.startswith("..", self.pos):
@@ -280,14 +290,16 @@ class _Parser:
             return raw[1:-1].replace('\\"', '"')
         if raw in ("true", "false"):
             return raw == "true"
-        try:
-            return int(raw)
-        except ValueError:
-            pass
-        try:
-            return float(raw)
-        except ValueError:
-            return raw  # a DateTime or URI, compared as text
+        if _NUMBER_RE.fullmatch(raw):
+            return float(raw) if any(c in raw for c in ".eE") else int(raw)
+        if _DATETIME_RE.match(raw):
+            # Stored DateTimes are normalised (ms, 'Z'); so is the query's, so that text
+            # order is time order whatever precision or offset the client wrote.
+            try:
+                return normalise_time(raw, "q DateTime")
+            except Problem:
+                return raw
+        return raw  # a URI or other text, compared as text
 
 
 def parse_q(text: str) -> Query:

@@ -17,7 +17,10 @@ def parse_time(text: object, what: str = "timestamp") -> datetime:
         raise bad_request(f"{what} {text!r} is not an ISO 8601 date-time") from err
     if value.tzinfo is None or value.utcoffset() is None:
         raise bad_request(f"{what} {text!r} has no timezone; send UTC ('Z') or an offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as err:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise bad_request(f"{what} {text!r} is out of range in UTC") from err
 
 
 def format_time(value: datetime) -> str:

@@ -68,7 +68,8 @@ _UNITS: tuple[Unit, ...] = (
     Unit("DD", "angle", 1.0, symbol="°"),
     Unit("SEC", "time", 1.0, symbol="s"),
     Unit("MIN", "time", 60.0, symbol="min"),
-    Unit("E32", "rate", 1.0 / 3600.0, symbol="1/h"),
+    Unit("E32", "flow", 0.001 / 3600.0, symbol="L/h"),  # E32 is litre per hour
+    Unit("H10", "rate", 1.0 / 3600.0, symbol="1/h"),  # reciprocal hour
     Unit("NTU", "turbidity", 1.0, symbol="NTU"),
 )
 

@@ -47,7 +47,9 @@ class BatchOutcome:
 @dataclass
 class _Change:
     stored: StoredEntity
-    fragment: Entity  # what this write sent (for observations and notifications)
+    # What the writes sent, in order (for observations and notifications): one per document,
+    # so an entity sent twice in a batch keeps both readings.
+    fragments: list[Entity]
     created: bool
 
 
@@ -122,7 +124,8 @@ class Ingest:
                 else:
                     stored = StoredEntity({**prev.entity, **entity}, prev.created_at, now)
                 was_created = (eid not in current) and (eid not in changes or changes[eid].created)
-                changes[eid] = _Change(stored, entity, was_created)
+                earlier = changes[eid].fragments if eid in changes else []
+                changes[eid] = _Change(stored, [*earlier, entity], was_created)
             self._commit(tenant, list(changes.values()), now)
         for change in changes.values():
             (out.created if change.created else out.updated).append(change.stored.id)
@@ -148,7 +151,7 @@ class Ingest:
                 if eid in current or eid in changes:
                     out.errors.append((eid, Problem(ALREADY_EXISTS, f"entity {eid} exists")))
                     continue
-                changes[eid] = _Change(StoredEntity(entity, now, now), entity, True)
+                changes[eid] = _Change(StoredEntity(entity, now, now), [entity], True)
             self._commit(tenant, list(changes.values()), now)
         out.created = list(changes)
         return out
@@ -183,7 +186,8 @@ class Ingest:
                     attrs = {k: v for k, v in attrs.items() if k not in prev.entity}
                 fragment = {"id": eid, "type": prev.type, **attrs}
                 stored = StoredEntity({**prev.entity, **attrs}, prev.created_at, now)
-                changes[eid] = _Change(stored, fragment, False)
+                earlier = changes[eid].fragments if eid in changes else []
+                changes[eid] = _Change(stored, [*earlier, fragment], False)
             self._commit(tenant, list(changes.values()), now)
         out.updated = list(changes)
         return out
@@ -231,7 +235,7 @@ class Ingest:
                 raise _type_clash(eid, prev.type, entity["type"])
             now = self.clock.now()
             stored = StoredEntity(entity, prev.created_at, now)
-            self._commit(tenant, [_Change(stored, entity, False)], now)
+            self._commit(tenant, [_Change(stored, [entity], False)], now)
 
     def write_attributes(
         self,
@@ -266,7 +270,7 @@ class Ingest:
                 now = self.clock.now()
                 stored = StoredEntity({**prev.entity, **attrs}, prev.created_at, now)
                 fragment_entity = {"id": eid, "type": prev.type, **attrs}
-                self._commit(tenant, [_Change(stored, fragment_entity, False)], now)
+                self._commit(tenant, [_Change(stored, [fragment_entity], False)], now)
         return [ctx.from_canonical(k) for k in skipped]
 
     def patch_attribute(
@@ -280,7 +284,7 @@ class Ingest:
         with self._lock:
             prev = self._existing(tenant, eid)
             old = prev.entity.get(canonical)
-            if old is None:
+            if old is None or canonical in ("id", "type"):  # members, not attributes
                 raise not_found(f"entity {eid} has no attribute {name!r}")
             renamed = {
                 (k if k in ("type", "value", "object", "observedAt", "unitCode", "languageMap")
@@ -294,7 +298,7 @@ class Ingest:
             now = self.clock.now()
             stored = StoredEntity({**prev.entity, canonical: attr}, prev.created_at, now)
             frag = {"id": eid, "type": prev.type, canonical: attr}
-            self._commit(tenant, [_Change(stored, frag, False)], now)
+            self._commit(tenant, [_Change(stored, [frag], False)], now)
 
     def delete_attribute(self, tenant: str, eid: str, name: str, ctx: LdContext = CORE) -> None:
         canonical = ctx.to_canonical(name)
@@ -314,10 +318,11 @@ class Ingest:
             return
         rows: list[Observation] = []
         for change in changes:
-            rows.extend(observations(change.fragment, now))
+            for fragment in change.fragments:
+                rows.extend(observations(fragment, now))
         self.store.write(tenant, [c.stored for c in changes], rows)
         for c in changes:
-            changed = frozenset(k for k in c.fragment if k not in ("id", "type"))
+            changed = frozenset(k for f in c.fragments for k in f if k not in ("id", "type"))
             self.bus.publish(EntityChanged(tenant, c.stored.entity, changed, c.created))
 
 

@@ -51,7 +51,16 @@ _NAME_RULES: tuple[tuple[str, str], ...] = (
     ("personid", "identities of people are never stored"),
     ("nationalid", "identities of people are never stored"),
 )
-_MAC_RE = re.compile(r"\b[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}\b")
+# Ordinary words that contain a fragment above ('surface' holds 'face', 'timeInterval' holds
+# 'imei'): a fragment found wholly inside one of them does not count.
+_INNOCENT_WORDS = ("surface", "interface", "timei")
+# 'aa:bb:cc:dd:ee:ff', 'aa-bb-…' and Cisco's 'aabb.ccdd.eeff'. Not \b: '_' is a word
+# character, so 'dev_aa:bb:…' would slip through.
+_MAC_RE = re.compile(
+    r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])"
+    r"|(?<![0-9A-Fa-f.])[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![0-9A-Fa-f.])"
+)
+_MAX_VALUE_DEPTH = 8
 _IMAGE_RE = re.compile(r"^data:image/|^/9j/|^iVBORw0KGgo")  # data URI, JPEG, PNG in base64
 
 
@@ -63,13 +72,25 @@ def _normalise(name: str) -> str:
 def forbidden_name(name: str) -> str | None:
     """Why an attribute (or key) name is refused, or None."""
     norm = _normalise(name)
+    innocent = [(m.start(), m.end()) for w in _INNOCENT_WORDS for m in re.finditer(w, norm)]
     for fragment, why in _NAME_RULES:
-        if fragment in norm:
-            # 'race' inside 'trace'/'surface'/'grace' and 'iris' in 'irises'? Only whole words.
+        if fragment in norm and _outside(norm, fragment, innocent):
+            # 'race' inside 'trace'/'grace' and 'iris' in 'irises'? Only whole words.
             if fragment in ("race", "iris", "gait") and not _is_word(norm, fragment, name):
                 continue
             return why
     return None
+
+
+def _outside(norm: str, fragment: str, spans: list[tuple[int, int]]) -> bool:
+    """True if some occurrence of ``fragment`` lies outside every innocent-word span."""
+    start = norm.find(fragment)
+    while start >= 0:
+        end = start + len(fragment)
+        if not any(lo <= start and end <= hi for lo, hi in spans):
+            return True
+        start = norm.find(fragment, start + 1)
+    return False
 
 
 def _is_word(norm: str, fragment: str, raw: str) -> bool:
@@ -82,6 +103,8 @@ def _is_word(norm: str, fragment: str, raw: str) -> bool:
 def forbidden_value(value: Any) -> str | None:
     """Why a value is refused (it carries a MAC address or an image), or None."""
     for text in _strings(value, 0):
+        if text is None:
+            return "the value is nested too deeply to be checked"
         if _MAC_RE.search(text):
             return "the value carries a MAC address; raw device identifiers are never stored"
         if len(text) > 64 and _IMAGE_RE.match(text):
@@ -89,8 +112,11 @@ def forbidden_value(value: Any) -> str | None:
     return None
 
 
-def _strings(value: Any, depth: int) -> Iterator[str]:
-    if depth > 8:
+def _strings(value: Any, depth: int) -> Iterator[str | None]:
+    """Every string in a JSON value, keys included; None where it is too deep to look."""
+    if depth > _MAX_VALUE_DEPTH:
+        if isinstance(value, str | dict | list):
+            yield None
         return
     if isinstance(value, str):
         yield value

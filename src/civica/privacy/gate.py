@@ -104,15 +104,23 @@ class PrivacyGate:
                     f"sub-attribute {name}.{key} is not declared in the data catalogue",
                     attribute=f"{name}.{key}",
                 )
-        if "value" in attr and decl.kind not in (NUMBER, BOOL):
-            value = attr["value"]
-            for key, why in forbidden_keys(value):
-                raise refusal(f"{name}.{key}", why)
-            why = forbidden_value(value)
-            if why:
-                raise refusal(name, why)
+            # A declared sub-attribute may still carry forbidden content further down.
+            _refuse_content(f"{name}.{key}", attr[key])
+        if decl.kind not in (NUMBER, BOOL):
+            for member in ("value", "object", "languageMap"):
+                if member in attr:
+                    _refuse_content(name, attr[member])
         _check_kind(decl, name, attr)
         return attr
+
+
+def _refuse_content(where: str, value: Any) -> None:
+    """Raise if a JSON value holds a forbidden key, a MAC address or an image."""
+    for key, reason in forbidden_keys(value):
+        raise refusal(f"{where}.{key}", reason)
+    why = forbidden_value(value)
+    if why:
+        raise refusal(where, why)
 
 
 def _check_kind(decl: AttributeSpec, name: str, attr: dict[str, Any]) -> None:
@@ -145,7 +153,10 @@ def _check_kind(decl: AttributeSpec, name: str, attr: dict[str, Any]) -> None:
             )
     elif decl.kind == DATETIME:
         raw = value.get("@value") if isinstance(value, dict) else value
-        attr["value"] = normalise_time(raw, name)
+        try:
+            attr["value"] = normalise_time(raw, name)
+        except Problem as err:
+            raise bad_request(err.detail, attribute=name) from err
     if decl.kind != NUMBER and "unitCode" in attr:
         raise bad_request(f"{name!r} takes no unitCode", attribute=name)
 

@@ -31,6 +31,7 @@ from civica.core.store import (
 
 SCHEMA_VERSION = 1
 _TS = pa.timestamp("us", tz="UTC")
+_MAX_BIGINT = 2**63 - 1
 
 _SCHEMA = """
 create table if not exists entities (
@@ -135,6 +136,8 @@ class DuckDBStore:
     def write(
         self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
     ) -> None:
+        # One INSERT OR REPLACE cannot hold a key twice (DuckDB keeps the first): last one wins.
+        entities = list({s.id: s for s in entities}.values())
         ent_table = _entity_table(tenant, entities) if entities else None
         obs_table = _observation_table(tenant, observations) if observations else None
         with self._write_lock:
@@ -143,7 +146,7 @@ class DuckDBStore:
             try:
                 if ent_table is not None:
                     con.register("new_entities", ent_table)
-                    con.execute("insert or replace into entities select * from new_entities")
+                    _replace_entities(con)
                     con.unregister("new_entities")
                 if obs_table is not None:
                     con.register("new_observations", obs_table)
@@ -166,7 +169,8 @@ class DuckDBStore:
         return [i for i in dict.fromkeys(ids) if i in found]
 
     def query_entities(self, tenant: str, query: EntityQuery) -> EntityPage:
-        where, params = ["tenant = ?"], [tenant]
+        where: list[str] = ["tenant = ?"]
+        params: list[Any] = [tenant]
         if query.types is not None:
             where.append("list_contains(?, type)")
             params.append(list(query.types))
@@ -189,9 +193,11 @@ class DuckDBStore:
             "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
             f"where {clause} order by id"
         )
-        if not (query.q or query.geo or query.id_pattern):
+        if query.q is None and query.geo is None and query.id_pattern is None:
             total = cur.execute(f"select count(*) from entities where {clause}", params).fetchall()
-            rows = cur.execute(f"{sql} limit ? offset ?", [*params, query.limit, query.offset])
+            # LIMIT/OFFSET are BIGINT in DuckDB; beyond that no page can hold rows anyway.
+            page = [min(query.limit, _MAX_BIGINT), min(query.offset, _MAX_BIGINT)]
+            rows = cur.execute(f"{sql} limit ? offset ?", [*params, *page])
             return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0][0]))
         hits = [s for s in map(_stored, cur.execute(sql, params).fetchall()) if query.matches(s)]
         return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
@@ -205,7 +211,8 @@ class DuckDBStore:
         return [TypeInfo(r[0], int(r[1]), tuple(r[2])) for r in rows]
 
     def query_observations(self, tenant: str, query: ObservationQuery) -> list[Observation]:
-        where, params = ["tenant = ?"], [tenant]
+        where: list[str] = ["tenant = ?"]
+        params: list[Any] = [tenant]
         if query.entity_ids is not None:
             keys = [entity_key(tenant, e) for e in query.entity_ids]
             if len(keys) == 1:
@@ -262,8 +269,8 @@ class DuckDBStore:
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = self._cursor().execute(
             "select epoch_us(received_at), source, tenant, reason, payload, topic "
-            "from dead_letters order by received_at desc limit ?",
-            [limit],
+            "from dead_letters order by received_at desc, rowid desc limit ?",
+            [max(limit, 0)],
         ).fetchall()
         return [DeadLetter(_from_us(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
@@ -296,7 +303,7 @@ class DuckDBStore:
     def api_keys(self) -> list[ApiKeyRecord]:
         rows = self._cursor().execute(
             "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
-            "order by created_at"
+            "order by created_at, key_id"
         ).fetchall()
         return [_key(r) for r in rows]
 
@@ -327,6 +334,38 @@ class DuckDBStore:
     def close(self) -> None:
         with self._write_lock:
             self._con.close()
+
+
+_UPDATE_STATES = (
+    "update entities e set type = n.type, doc = n.doc, min_lon = n.min_lon, "
+    "min_lat = n.min_lat, max_lon = n.max_lon, max_lat = n.max_lat, "
+    "created_at = n.created_at, modified_at = n.modified_at "
+    "from new_entities n where e.tenant = n.tenant and e.id = n.id"
+)
+
+
+def _replace_entities(con: duckdb.DuckDBPyConnection) -> None:
+    """INSERT OR REPLACE the rows of ``new_entities``, the way DuckDB does it cheaply.
+
+    DuckDB rewrites a LIST column (``attrs``) at several times the cost of the rest of the
+    row, and INSERT OR REPLACE rewrites every column; a reading rarely changes the attribute
+    set. So: update the scalar columns, ``attrs`` only where the set changed, insert new rows.
+    """
+    missing, changed = con.execute(
+        "select bool_or(e.id is null), bool_or(e.attrs <> n.attrs) from new_entities n "
+        "left join entities e on e.tenant = n.tenant and e.id = n.id"
+    ).fetchall()[0]
+    con.execute(_UPDATE_STATES)
+    if changed:
+        con.execute(
+            "update entities e set attrs = n.attrs from new_entities n "
+            "where e.tenant = n.tenant and e.id = n.id and e.attrs <> n.attrs"
+        )
+    if missing:
+        con.execute(
+            "insert into entities select n.* from new_entities n "
+            "anti join entities e on e.tenant = n.tenant and e.id = n.id"
+        )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -32,7 +32,9 @@ class MemoryStore:
 
     def tenants(self) -> list[str]:
         with self._lock:
-            return sorted(set(self._entities) | set(self._observations))
+            held = {t for t, table in self._entities.items() if table}
+            held |= {t for t, rows in self._observations.items() if rows}
+            return sorted(held)
 
     def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
         with self._lock:
@@ -86,7 +88,9 @@ class MemoryStore:
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         with self._lock:
-            return list(reversed(self._dead[-limit:])) if limit > 0 else []
+            # Newest by received_at (not by arrival); among equal times the later-added first.
+            newest = sorted(reversed(self._dead), key=lambda d: d.received_at, reverse=True)
+            return newest[: max(limit, 0)]
 
     def count_dead_letters(self) -> int:
         with self._lock:
@@ -102,7 +106,7 @@ class MemoryStore:
 
     def api_keys(self) -> list[ApiKeyRecord]:
         with self._lock:
-            return sorted(self._keys.values(), key=lambda k: k.created_at)
+            return sorted(self._keys.values(), key=lambda k: (k.created_at, k.key_id))
 
     def put_subscription(self, tenant: str, sub_id: str, doc: dict[str, Any]) -> None:
         with self._lock:

@@ -35,10 +35,13 @@ def _double_peak(hour: float, first: float, second: float) -> float:
 
 
 def _point(rng: random.Random, spread: float = 0.03) -> dict[str, Any]:
-    return {"type": "Point", "coordinates": [
-        round(CENTRE[0] + rng.uniform(-spread, spread) * 1.6, 6),
-        round(CENTRE[1] + rng.uniform(-spread, spread), 6),
-    ]}
+    return {
+        "type": "Point",
+        "coordinates": [
+            round(CENTRE[0] + rng.uniform(-spread, spread) * 1.6, 6),
+            round(CENTRE[1] + rng.uniform(-spread, spread), 6),
+        ],
+    }
 
 
 def _prop(value: Any, at: datetime, unit: str | None = None) -> dict[str, Any]:
@@ -68,8 +71,9 @@ def _air(rng: random.Random, at: datetime) -> dict[str, Any]:
     return {
         "no2": _prop(round(18 + 40 * traffic + rng.gauss(0, 3), 1), at, "GQ"),
         "pm25": _prop(round(max(1.0, 8 + 10 * traffic + rng.gauss(0, 2)), 1), at, "GQ"),
-        "temperature": _prop(round(9 + 5 * math.sin((at.hour - 9) / 24 * 2 * math.pi), 1), at,
-                             "CEL"),
+        "temperature": _prop(
+            round(9 + 5 * math.sin((at.hour - 9) / 24 * 2 * math.pi), 1), at, "CEL"
+        ),
     }
 
 
@@ -79,8 +83,9 @@ def _traffic(rng: random.Random, at: datetime) -> dict[str, Any]:
     return {
         "intensity": _prop(int(max(0, 900 * load + rng.gauss(0, 30))), at),
         "occupancy": _prop(round(max(0.0, occupancy), 3), at),
-        "averageVehicleSpeed": _prop(round(max(5.0, 50 - 35 * occupancy + rng.gauss(0, 2)), 1),
-                                     at, "KMH"),
+        "averageVehicleSpeed": _prop(
+            round(max(5.0, 50 - 35 * occupancy + rng.gauss(0, 2)), 1), at, "KMH"
+        ),
     }
 
 
@@ -91,8 +96,10 @@ def _crowd(rng: random.Random, at: datetime) -> dict[str, Any]:
 
 def _light(rng: random.Random, at: datetime) -> dict[str, Any]:
     dark = at.hour >= 17 or at.hour < 8
-    return {"powerState": _prop("on" if dark else "off", at),
-            "illuminanceLevel": _prop(1.0 if dark else 0.0, at)}
+    return {
+        "powerState": _prop("on" if dark else "off", at),
+        "illuminanceLevel": _prop(1.0 if dark else 0.0, at),
+    }
 
 
 # (type, id prefix, how many, reading, spread)
@@ -147,7 +154,9 @@ def seed_city(
         rejected += len(out.errors)
         entities.update(out.success)
         observations += sum(
-            1 for doc in batch for k, v in doc.items()
+            1
+            for doc in batch
+            for k, v in doc.items()
             if isinstance(v, dict) and v.get("type") == "Property"
         )
         if progress:

@@ -1,0 +1,450 @@
+"""The one write path, ``Ingest``: batches, single-entity operations, history and events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from civica.core.bus import EntityChanged, EventBus
+from civica.core.clock import FakeClock
+from civica.core.ldcontext import DEFAULT_VOCAB, LdContext
+from civica.core.problems import (
+    ALREADY_EXISTS,
+    BAD_REQUEST_DATA,
+    PRIVACY_VIOLATION,
+    RESOURCE_NOT_FOUND,
+    Problem,
+)
+from civica.core.store import ObservationQuery, Store
+from civica.ingest.pipeline import Ingest
+from civica.storage import DuckDBStore, MemoryStore
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+W1 = "urn:ngsi-ld:WaterObserved:w1"
+W2 = "urn:ngsi-ld:WaterObserved:w2"
+L1 = "urn:ngsi-ld:Streetlight:l1"
+
+
+class Rig:
+    """An Ingest over a store, with a fake clock and a recorder on the bus."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.clock = FakeClock(T0)
+        self.bus = EventBus()
+        self.events: list[EntityChanged] = []
+        self.bus.subscribe(self.events.append)
+        self.ingest = Ingest(store, bus=self.bus, clock=self.clock)
+
+    def entity(self, eid: str, tenant: str = "default") -> dict[str, Any]:
+        return self.store.get_entities(tenant, [eid])[eid].entity
+
+    def history(self, tenant: str = "default", **kw: Any) -> list[tuple[str, str, Any, datetime]]:
+        rows = self.store.query_observations(tenant, ObservationQuery(**kw))
+        return [
+            (
+                o.entity_id,
+                o.attribute,
+                o.value_num if o.value_json is None else o.value_json,
+                o.observed_at,
+            )
+            for o in rows
+        ]
+
+
+@pytest.fixture(params=["memory", "duckdb"])
+def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
+    store: Store = (
+        MemoryStore() if request.param == "memory" else DuckDBStore(tmp_path / "p.duckdb")
+    )
+    yield Rig(store)
+    store.close()
+
+
+def prop(value: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "Property", "value": value, **extra}
+
+
+def water(eid: str = W1, **attrs: Any) -> dict[str, Any]:
+    return {"id": eid, "type": "WaterObserved", **attrs}
+
+
+def kinds(problems: list[tuple[str | None, Problem]]) -> list[tuple[str | None, str]]:
+    return [(eid, p.kind.name) for eid, p in problems]
+
+
+# ---- upsert -------------------------------------------------------------------------------
+
+
+def test_upsert_creates_then_merges(rig: Rig) -> None:
+    first = rig.ingest.upsert("default", [water(flow=prop(1.0), height=prop(2.0))])
+    assert (first.created, first.updated, first.errors) == ([W1], [], [])
+    rig.clock.advance(60)
+    second = rig.ingest.upsert("default", [water(flow=prop(3.0))])
+    assert (second.created, second.updated) == ([], [W1])
+    assert second.success == [W1]
+    assert rig.entity(W1) == water(flow=prop(3.0, unitCode="MQS"), height=prop(2.0, unitCode="MTR"))
+    stored = rig.store.get_entities("default", [W1])[W1]
+    assert stored.created_at == T0
+    assert stored.modified_at == T0 + timedelta(seconds=60)
+
+
+def test_upsert_replace_drops_attributes_not_sent(rig: Rig) -> None:
+    rig.ingest.upsert("default", [water(flow=prop(1.0), height=prop(2.0))])
+    rig.clock.advance(5)
+    out = rig.ingest.upsert("default", [water(flow=prop(4.0))], replace=True)
+    assert out.updated == [W1]
+    assert rig.entity(W1) == water(flow=prop(4.0, unitCode="MQS"))
+    assert rig.store.get_entities("default", [W1])[W1].created_at == T0
+
+
+def test_upsert_records_only_what_each_write_sent(rig: Rig) -> None:
+    rig.ingest.upsert("default", [water(flow=prop(1.0), height=prop(2.0))])
+    rig.clock.advance(60)
+    rig.ingest.upsert("default", [water(flow=prop(3.0, observedAt="2026-03-01T07:59:30Z"))])
+    assert rig.history() == [
+        (W1, "flow", 3.0, datetime(2026, 3, 1, 7, 59, 30, tzinfo=UTC)),
+        (W1, "flow", 1.0, T0),
+        (W1, "height", 2.0, T0),
+    ]
+
+
+def test_the_same_entity_twice_in_one_batch_keeps_both_readings(rig: Rig) -> None:
+    out = rig.ingest.upsert(
+        "default",
+        [
+            water(flow=prop(1.0, observedAt="2026-03-01T07:00:00Z")),
+            water(height=prop(5.0)),
+            water(flow=prop(2.0, observedAt="2026-03-01T07:15:00Z")),
+        ],
+    )
+    assert (out.created, out.updated, out.errors) == ([W1], [], [])
+    assert rig.entity(W1)["flow"]["value"] == 2.0
+    assert rig.entity(W1)["height"]["value"] == 5.0
+    assert [(a, v) for _, a, v, _ in rig.history()] == [
+        ("flow", 1.0),
+        ("flow", 2.0),
+        ("height", 5.0),
+    ]
+    [event] = rig.events
+    assert event.created
+    assert event.changed == {"flow", "height"}
+
+
+def test_the_same_entity_twice_in_an_update_batch_keeps_both_readings(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(0.5))])
+    rig.clock.advance(1)
+    out = rig.ingest.update("default", [water(flow=prop(1.0)), water(height=prop(5.0))])
+    assert out.updated == [W1]
+    assert [(a, v) for _, a, v, _ in rig.history()] == [
+        ("flow", 0.5),
+        ("flow", 1.0),
+        ("height", 5.0),
+    ]
+    assert rig.events[-1].changed == {"flow", "height"}
+
+
+def test_key_values_are_detected_or_forced(rig: Rig) -> None:
+    kv = {"id": W1, "type": "WaterObserved", "flow": 2.5}
+    auto = rig.ingest.upsert("default", [kv], key_values=None)
+    assert auto.created == [W1]
+    assert rig.entity(W1)["flow"] == prop(2.5, unitCode="MQS")
+    strict = rig.ingest.upsert("default", [{**kv, "id": W2}])  # default: normalized only
+    assert kinds(strict.errors) == [(W2, "BadRequestData")]
+    forced = rig.ingest.upsert("default", [{**kv, "id": W2}], key_values=True)
+    assert forced.created == [W2]
+
+
+def test_one_bad_entity_does_not_spoil_the_batch(rig: Rig) -> None:
+    out = rig.ingest.upsert(
+        "default",
+        [
+            water(W1, flow=prop(1.0)),
+            water(W2, flow=prop(1.0), licensePlate=prop("1-ABC-123")),
+            {"id": "urn:ngsi-ld:Spaceship:1", "type": "Spaceship"},
+            "not an object",
+            {"type": "WaterObserved"},
+            water("urn:ngsi-ld:WaterObserved:w3", flow=prop(1e9)),
+        ],
+    )
+    assert out.created == [W1]
+    assert kinds(out.errors) == [
+        (W2, "PrivacyViolation"),
+        ("urn:ngsi-ld:Spaceship:1", "BadRequestData"),
+        (None, "BadRequestData"),
+        (None, "BadRequestData"),
+        ("urn:ngsi-ld:WaterObserved:w3", "BadRequestData"),
+    ]
+    assert rig.store.get_entities("default", [W2]) == {}
+    assert [e.entity["id"] for e in rig.events] == [W1]
+    assert [a for _, a, _, _ in rig.history()] == ["flow"]
+
+
+def test_a_refused_attribute_refuses_the_whole_entity(rig: Rig) -> None:
+    out = rig.ingest.upsert("default", [water(flow=prop(1.0), faceCount=prop(3))])
+    assert out.created == []
+    assert out.errors[0][1].kind is PRIVACY_VIOLATION
+    assert rig.history() == []
+    assert rig.events == []
+
+
+def test_type_clash(rig: Rig) -> None:
+    rig.ingest.upsert("default", [water(flow=prop(1.0))])
+    out = rig.ingest.upsert("default", [{"id": W1, "type": "Device", "name": prop("x")}])
+    assert kinds(out.errors) == [(W1, "BadRequestData")]
+    assert "type" in out.errors[0][1].detail
+    assert rig.entity(W1)["type"] == "WaterObserved"
+
+
+def test_tenants_are_separate(rig: Rig) -> None:
+    rig.ingest.upsert("a", [water(flow=prop(1.0))])
+    out = rig.ingest.update("b", [water(flow=prop(2.0))])
+    assert kinds(out.errors) == [(W1, "ResourceNotFound")]
+    assert rig.ingest.create("b", [water(flow=prop(3.0))]).created == [W1]
+    assert rig.entity(W1, "a")["flow"]["value"] == 1.0
+    assert rig.entity(W1, "b")["flow"]["value"] == 3.0
+    assert [e.tenant for e in rig.events] == ["a", "b"]
+
+
+def test_upsert_under_a_context(rig: Rig) -> None:
+    ctx = LdContext.from_terms({"debit": DEFAULT_VOCAB + "flow"})
+    rig.ingest.upsert("default", [water(debit=prop(1.0))], ctx)
+    assert "flow" in rig.entity(W1)
+    assert "debit" not in rig.entity(W1)
+
+
+# ---- create / update / delete -------------------------------------------------------------
+
+
+def test_create_refuses_existing_and_duplicate_ids(rig: Rig) -> None:
+    rig.ingest.create("default", [water(W1, flow=prop(1.0))])
+    out = rig.ingest.create(
+        "default", [water(W1, flow=prop(9.0)), water(W2, flow=prop(2.0)), water(W2, flow=prop(3.0))]
+    )
+    assert out.created == [W2]
+    assert [(e, p.kind) for e, p in out.errors] == [(W1, ALREADY_EXISTS), (W2, ALREADY_EXISTS)]
+    assert rig.entity(W1)["flow"]["value"] == 1.0
+    assert rig.entity(W2)["flow"]["value"] == 2.0
+
+
+def test_update_needs_an_existing_entity_and_can_refuse_to_overwrite(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    rig.events.clear()
+    missing = rig.ingest.update("default", [water(W2, flow=prop(1.0))])
+    assert [(e, p.kind) for e, p in missing.errors] == [(W2, RESOURCE_NOT_FOUND)]
+    rig.clock.advance(10)
+    kept = rig.ingest.update(
+        "default", [water(flow=prop(7.0), height=prop(3.0))], no_overwrite=True
+    )
+    assert kept.updated == [W1]
+    assert rig.entity(W1)["flow"]["value"] == 1.0
+    assert rig.entity(W1)["height"]["value"] == 3.0
+    assert [(a, v) for _, a, v, _ in rig.history()] == [("flow", 1.0), ("height", 3.0)]
+    [event] = rig.events
+    assert event.changed == {"height"}
+    assert not event.created
+
+
+def test_delete(rig: Rig) -> None:
+    rig.ingest.create("default", [water(W1, flow=prop(1.0)), water(W2, flow=prop(2.0))])
+    rig.events.clear()
+    out = rig.ingest.delete("default", [W2, "urn:ngsi-ld:WaterObserved:none", "not an id", 7])
+    assert out.updated == [W2]
+    assert kinds(out.errors) == [
+        ("not an id", "BadRequestData"),
+        (None, "BadRequestData"),
+        ("urn:ngsi-ld:WaterObserved:none", "ResourceNotFound"),
+    ]
+    assert rig.store.get_entities("default", [W2]) == {}
+    assert [v for e, _, v, _ in rig.history() if e == W2] == [2.0]  # history stays
+    [event] = rig.events
+    assert (event.deleted, event.created, event.changed) == (True, False, frozenset())
+    assert event.entity["id"] == W2
+
+
+# ---- single-entity operations -------------------------------------------------------------
+
+
+def test_replace_entity(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0), height=prop(2.0))])
+    rig.clock.advance(30)
+    rig.ingest.replace_entity("default", W1, {"flow": prop(5.0)})
+    assert rig.entity(W1) == water(flow=prop(5.0, unitCode="MQS"))
+    stored = rig.store.get_entities("default", [W1])[W1]
+    assert (stored.created_at, stored.modified_at) == (T0, T0 + timedelta(seconds=30))
+    assert rig.events[-1].changed == {"flow"}
+
+
+@pytest.mark.parametrize(
+    ("eid", "doc", "kind"),
+    [
+        (W1, {"id": W2, "flow": {"type": "Property", "value": 1.0}}, BAD_REQUEST_DATA),
+        (W1, {"type": "Device", "name": {"type": "Property", "value": "x"}}, BAD_REQUEST_DATA),
+        (W1, [], BAD_REQUEST_DATA),
+        (W2, {"flow": {"type": "Property", "value": 1.0}}, RESOURCE_NOT_FOUND),
+        (W1, {"colour": {"type": "Property", "value": "red"}}, BAD_REQUEST_DATA),
+    ],
+)
+def test_replace_entity_errors(rig: Rig, eid: str, doc: Any, kind: Any) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    with pytest.raises(Problem) as err:
+        rig.ingest.replace_entity("default", eid, doc)
+    assert err.value.kind is kind
+    assert rig.entity(W1)["flow"]["value"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("mode", "skipped", "flow", "height"),
+    [
+        ("append", [], 9.0, 4.0),
+        ("noOverwrite", ["flow"], 1.0, 4.0),
+        ("update", ["height"], 9.0, None),
+    ],
+)
+def test_write_attributes_modes(
+    rig: Rig, mode: str, skipped: list[str], flow: float, height: float | None
+) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    rig.events.clear()
+    result = rig.ingest.write_attributes(
+        "default", W1, {"flow": prop(9.0), "height": prop(4.0)}, mode=mode
+    )
+    assert result == skipped
+    assert rig.entity(W1)["flow"]["value"] == flow
+    assert rig.entity(W1).get("height", {}).get("value") == height
+    written = {"flow", "height"} - set(skipped)
+    [event] = rig.events
+    assert event.changed == written
+    assert sorted(a for _, a, _, _ in rig.history()) == sorted(["flow", *written])
+
+
+def test_write_attributes_with_nothing_to_do_writes_nothing(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    rig.events.clear()
+    rig.clock.advance(5)
+    assert rig.ingest.write_attributes("default", W1, {"flow": prop(2.0)}, mode="noOverwrite") == [
+        "flow"
+    ]
+    assert rig.events == []
+    assert rig.store.get_entities("default", [W1])[W1].modified_at == T0
+
+
+def test_write_attributes_key_values_context_and_errors(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    ctx = LdContext.from_terms(
+        {"debit": DEFAULT_VOCAB + "flow", "niveau": DEFAULT_VOCAB + "height"}
+    )
+    skipped = rig.ingest.write_attributes(
+        "default", W1, {"debit": 2.0, "niveau": 1.0}, ctx, key_values=True, mode="noOverwrite"
+    )
+    assert skipped == ["debit"]  # reported in the client's own terms
+    assert rig.entity(W1)["height"]["value"] == 1.0
+    for fragment, kind in (
+        ([], BAD_REQUEST_DATA),
+        ({}, BAD_REQUEST_DATA),
+        ({"id": W1}, BAD_REQUEST_DATA),
+        ({"macAddress": prop("x")}, PRIVACY_VIOLATION),
+        ({"flow": prop("fast")}, BAD_REQUEST_DATA),
+    ):
+        with pytest.raises(Problem) as err:
+            rig.ingest.write_attributes("default", W1, fragment)
+        assert err.value.kind is kind
+    with pytest.raises(Problem) as missing:
+        rig.ingest.write_attributes("default", W2, {"flow": prop(1.0)})
+    assert missing.value.kind is RESOURCE_NOT_FOUND
+
+
+def test_patch_attribute_merges_and_put_replaces(rig: Rig) -> None:
+    rig.ingest.create(
+        "default",
+        [water(flow=prop(1.0, observedAt="2026-03-01T07:00:00Z", accuracy=prop(0.1)))],
+    )
+    rig.clock.advance(60)
+    rig.ingest.patch_attribute("default", W1, "flow", {"value": 36.0, "unitCode": "MQH"})
+    merged = rig.entity(W1)["flow"]
+    assert merged["value"] == pytest.approx(0.01)
+    assert merged["unitCode"] == "MQS"
+    assert merged["observedAt"] == "2026-03-01T07:00:00.000Z"
+    assert merged["accuracy"] == prop(0.1)
+    rig.ingest.patch_attribute(
+        "default", W1, "flow", {"type": "Property", "value": 2.0}, replace=True
+    )
+    assert rig.entity(W1)["flow"] == prop(2.0, unitCode="MQS")
+    assert sorted(v for _, _, v, _ in rig.history()) == pytest.approx([0.01, 1.0, 2.0])
+    assert [e.changed for e in rig.events[-2:]] == [{"flow"}, {"flow"}]
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment", "replace", "kind"),
+    [
+        ("height", {"value": 1.0}, False, RESOURCE_NOT_FOUND),
+        ("type", {"value": "Device"}, False, RESOURCE_NOT_FOUND),
+        ("id", {"value": "urn:x:1"}, False, RESOURCE_NOT_FOUND),
+        ("type", {"type": "Property", "value": "Device"}, True, RESOURCE_NOT_FOUND),
+        ("flow", {"value": 1e9}, False, BAD_REQUEST_DATA),
+        ("flow", {"value": None}, False, BAD_REQUEST_DATA),
+        ("flow", {"faceCount": {"type": "Property", "value": 1}}, False, PRIVACY_VIOLATION),
+        ("flow", "fast", False, BAD_REQUEST_DATA),
+    ],
+)
+def test_patch_attribute_errors(
+    rig: Rig, name: str, fragment: Any, replace: bool, kind: Any
+) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0))])
+    with pytest.raises(Problem) as err:
+        rig.ingest.patch_attribute("default", W1, name, fragment, replace=replace)
+    assert err.value.kind is kind
+    assert rig.entity(W1) == water(flow=prop(1.0, unitCode="MQS"))
+
+
+def test_delete_attribute(rig: Rig) -> None:
+    rig.ingest.create("default", [water(flow=prop(1.0), height=prop(2.0))])
+    rig.clock.advance(1)
+    rig.ingest.delete_attribute("default", W1, "height")
+    assert rig.entity(W1) == water(flow=prop(1.0, unitCode="MQS"))
+    assert rig.store.get_entities("default", [W1])[W1].modified_at == T0 + timedelta(seconds=1)
+    event = rig.events[-1]
+    assert event.changed == {"height"}
+    assert "height" not in event.entity
+    assert len(rig.history()) == 2  # deleting an attribute records no reading
+    for name in ("height", "id", "type", "nothing"):
+        with pytest.raises(Problem) as err:
+            rig.ingest.delete_attribute("default", W1, name)
+        assert err.value.kind is RESOURCE_NOT_FOUND
+    with pytest.raises(Problem):
+        rig.ingest.delete_attribute("default", W2, "flow")
+
+
+# ---- the bus ------------------------------------------------------------------------------
+
+
+def test_events_carry_the_new_state(rig: Rig) -> None:
+    rig.ingest.upsert("default", [water(flow=prop(1.0), height=prop(2.0))])
+    rig.ingest.upsert("default", [water(flow=prop(3.0))])
+    created, updated = rig.events
+    assert created.created
+    assert created.changed == {"flow", "height"}
+    assert not updated.created
+    assert updated.changed == {"flow"}
+    assert updated.entity["height"]["value"] == 2.0
+    assert updated.entity["flow"]["value"] == 3.0
+
+
+def test_a_failing_consumer_does_not_break_ingest(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: Any) -> None:
+        raise RuntimeError("consumer down")
+
+    rig.bus.subscribe(broken)
+    later: list[Any] = []
+    rig.bus.subscribe(later.append)
+    out = rig.ingest.upsert("default", [water(flow=prop(1.0))])
+    assert out.created == [W1]
+    assert rig.entity(W1)["flow"]["value"] == 1.0
+    assert len(later) == 1
+    assert "consumer down" in caplog.text
