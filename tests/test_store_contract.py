@@ -112,13 +112,16 @@ class ReopeningStore:
         self.inner.close()
 
 
-@pytest.fixture(params=["memory", "duckdb", "duckdb-reopened"])
+@pytest.fixture(params=["memory", "duckdb", "duckdb-compacting", "duckdb-reopened"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend: Store
     if request.param == "memory":
         backend = MemoryStore()
     elif request.param == "duckdb":
         backend = DuckDBStore(tmp_path / "contract.duckdb")
+    elif request.param == "duckdb-compacting":
+        # Every other write moves the history into sorted runs: queries then span runs and tail.
+        backend = DuckDBStore(tmp_path / "contract.duckdb", compact_rows=2)
     else:
         backend = ReopeningStore(tmp_path / "contract.duckdb")
     yield backend
