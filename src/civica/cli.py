@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -52,6 +53,18 @@ db_option = click.option(
 )
 
 
+def _tune_gc_for_serving() -> None:
+    """Collect garbage less often: ingest makes tens of thousands of small dicts per batch.
+
+    With CPython's default thresholds (700, 10, 10) the collector then runs every few
+    hundred allocations and walks the whole heap every few batches; in benchmarks/ingest.py
+    that cost about a fifth of ingest throughput and a quarter of a 10,000-entity query.
+    The objects made at start-up are frozen out of the collector's sight for good.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
     import uvicorn
 
@@ -69,9 +82,11 @@ def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
     console.print(
         f"Civica API on http://{host}:{port}/ngsi-ld/v1/ (OpenAPI: http://{host}:{port}/docs)"
     )
+    _tune_gc_for_serving()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
+        gc.unfreeze()  # let interpreter shutdown reclaim everything as usual
         if consumer is not None:
             consumer.stop()
         store.close()

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from civica.core.clock import SystemClock
+from civica.core.entity import check_nesting
 from civica.core.ldcontext import CORE, CORE_CONTEXT_URL, LdContext, is_core_context_url
 from civica.core.problems import LD_CONTEXT_NOT_AVAILABLE, Problem, bad_request
 
@@ -45,6 +46,7 @@ class ContextResolver:
         """An ``LdContext`` for a @context value (URL, object, or list); None means core."""
         if spec is None:
             return CORE
+        check_nesting(spec, "@context")
         key = orjson.dumps(spec, option=orjson.OPT_SORT_KEYS).decode()
         with self._lock:
             hit = self._resolved.get(key)

@@ -92,8 +92,14 @@ def read_context(request: Request, resolver: ContextResolver) -> tuple[LdContext
     return resolver.resolve(url), url
 
 
-async def read_body(request: Request, resolver: ContextResolver) -> tuple[Any, LdContext, Any]:
-    """Parse a JSON / JSON-LD body; return (document, resolved context, context spec)."""
+async def read_body(
+    request: Request, resolver: ContextResolver, *, needs_context: bool = True
+) -> tuple[Any, LdContext, Any]:
+    """Parse a JSON / JSON-LD body; return (document, resolved context, context spec).
+
+    ``needs_context=False`` is for bodies with no terms to expand (a batch delete's list of
+    ids), which a JSON-LD client may still send as application/ld+json without an @context.
+    """
     ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if ctype not in (JSON, JSON_LD, "application/merge-patch+json"):
         raise Problem(
@@ -113,7 +119,7 @@ async def read_body(request: Request, resolver: ContextResolver) -> tuple[Any, L
                 "with application/ld+json the @context goes in the body, not in a Link header"
             )
         spec = _body_context(doc)
-        if spec is None:
+        if spec is None and needs_context:
             raise bad_request("an application/ld+json body must carry an @context")
     else:
         spec = link

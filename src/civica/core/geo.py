@@ -31,6 +31,9 @@ def haversine_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
 
 def bbox_of(geometry: Mapping[str, Any]) -> tuple[float, float, float, float]:
     """(min_lon, min_lat, max_lon, max_lat) of a validated GeoJSON geometry."""
+    if geometry["type"] == "Point":  # most locations; computed on every entity write
+        lon, lat = float(geometry["coordinates"][0]), float(geometry["coordinates"][1])
+        return lon, lat, lon, lat
     xs: list[float] = []
     ys: list[float] = []
 

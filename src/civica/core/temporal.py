@@ -131,12 +131,28 @@ def periods(
             continue
         if bucket_end is not None:
             out.append((bucket_start, _clip(bucket_end, end), series[first:i]))
-        bucket_start = origin + ((at - origin) // period) * period
-        bucket_end = bucket_start + period
+        bucket_start = _floor(at, origin, period)
+        bucket_end = _plus(bucket_start, period)
         first = i
     if bucket_end is not None:
         out.append((bucket_start, _clip(bucket_end, end), series[first:]))
     return out
+
+
+def _floor(at: datetime, origin: datetime, period: timedelta) -> datetime:
+    """Start of the period holding ``at``, held at the first representable instant."""
+    try:
+        return origin + ((at - origin) // period) * period
+    except OverflowError:  # a huge period aligned far after ``at`` starts before year 1
+        return datetime.min.replace(tzinfo=at.tzinfo)
+
+
+def _plus(at: datetime, period: timedelta) -> datetime:
+    """``at + period``, held at the last representable instant (a period may be huge)."""
+    try:
+        return at + period
+    except OverflowError:
+        return datetime.max.replace(tzinfo=at.tzinfo)
 
 
 def _clip(bucket_end: datetime, end: datetime | None) -> datetime:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from civica.core.problems import bad_request
+
+# The form format_time renders; most clients send it, so it needs no re-rendering.
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z")
 
 
 def parse_time(text: object, what: str = "timestamp") -> datetime:
@@ -15,6 +19,8 @@ def parse_time(text: object, what: str = "timestamp") -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError as err:
         raise bad_request(f"{what} {text!r} is not an ISO 8601 date-time") from err
+    if value.tzinfo is UTC:  # 'Z' or +00:00: already what astimezone(UTC) would give
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise bad_request(f"{what} {text!r} has no timezone; send UTC ('Z') or an offset")
     try:
@@ -30,6 +36,9 @@ def format_time(value: datetime) -> str:
 
 
 def normalise_time(text: object, what: str = "observedAt") -> str:
+    if isinstance(text, str) and _CANONICAL.match(text):
+        parse_time(text, what)  # still refuse impossible dates such as 2024-02-30
+        return text
     return format_time(parse_time(text, what))
 
 

@@ -106,7 +106,15 @@ class Ingest:
     ) -> BatchOutcome:
         """Create missing entities; update (or replace) existing ones."""
         entities, errors = self._admit_all(docs, ctx, key_values)
-        out = BatchOutcome(errors=errors)
+        out = self.upsert_entities(tenant, entities, replace=replace)
+        out.errors[:0] = errors
+        return out
+
+    def upsert_entities(
+        self, tenant: str, entities: Sequence[Entity], *, replace: bool = False
+    ) -> BatchOutcome:
+        """Upsert entities that already passed ``admit`` (parsing and the privacy gate)."""
+        out = BatchOutcome()
         with self._lock:
             current = self.store.get_entities(tenant, [e["id"] for e in entities])
             changes: dict[str, _Change] = {}

@@ -6,6 +6,7 @@ backend can share its shape.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Iterable, Sequence
@@ -107,7 +108,14 @@ class DuckDBStore:
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(self.path, config={"memory_limit": memory_limit})
+        # Every checkpoint rewrites the entity rows that changed since the last one, which
+        # under steady ingest is the whole entity table: checkpoint every 128 MB of WAL
+        # rather than DuckDB's 16 MB, so ingest stalls (~0.3 s each) come 8x less often.
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": memory_limit,
+            "checkpoint_threshold": "128MB",
+        }
+        self._con = duckdb.connect(self.path, config=config)
         self._write_lock = threading.Lock()
         self._local = threading.local()
         with self._write_lock:
@@ -138,9 +146,12 @@ class DuckDBStore:
         cur = self._cursor()
         cur.register("wanted_ids", wanted)
         try:
+            # Find the rows by key first and fetch their documents after: joining on the
+            # documents directly drags every stored document through the join (twice as slow).
             rows = cur.execute(
-                "select e.doc, epoch_us(e.created_at), epoch_us(e.modified_at) from entities e "
-                "join wanted_ids w on e.id = w.id where e.tenant = ?",
+                "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+                "where rowid in (select e.rowid from entities e join wanted_ids w "
+                "on e.id = w.id where e.tenant = ?)",
                 [tenant],
             ).fetchall()
         finally:
@@ -237,7 +248,14 @@ class DuckDBStore:
             total = cur.execute(f"select count(*) from entities where {clause}", params).fetchall()
             # LIMIT/OFFSET are BIGINT in DuckDB; beyond that no page can hold rows anyway.
             page = [min(query.limit, _MAX_BIGINT), min(query.offset, _MAX_BIGINT)]
-            rows = cur.execute(f"{sql} limit ? offset ?", [*params, *page])
+            # Sort and cut the page on the keys, then fetch only its documents: sorting with
+            # the documents attached drags every stored document through the sort.
+            rows = cur.execute(
+                "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+                f"where rowid in (select rowid from entities where {clause} order by id "
+                "limit ? offset ?) order by id",
+                [*params, *page],
+            )
             return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0][0]))
         hits = [s for s in map(_stored, cur.execute(sql, params).fetchall()) if query.matches(s)]
         return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
@@ -425,9 +443,14 @@ def _from_us(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+# Entity timestamps repeat (a batch stamps all its entities alike), so a small cache turns
+# most conversions into a lookup; observation times rarely repeat and are not cached.
+_entity_time = functools.lru_cache(maxsize=4096)(_from_us)
+
+
 def _stored(row: tuple[Any, ...]) -> StoredEntity:
     entity: Entity = orjson.loads(row[0])
-    return StoredEntity(entity, _from_us(row[1]), _from_us(row[2]))
+    return StoredEntity(entity, _entity_time(row[1]), _entity_time(row[2]))
 
 
 def _key(row: tuple[Any, ...]) -> ApiKeyRecord:

@@ -93,6 +93,6 @@ async def batch_update(request: Request, svc: Services = Depends(services)) -> R
 @router.post("/delete", summary="Batch delete", openapi_extra=body(ID_LIST))
 async def batch_delete(request: Request, svc: Services = Depends(services)) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "delete")
-    doc, _, _ = await read_body(request, svc.resolver)
+    doc, _, _ = await read_body(request, svc.resolver, needs_context=False)
     out = await run_in_threadpool(svc.ingest.delete, tenant_of(request), _entities(doc, svc))
     return _result(out, 204, None)

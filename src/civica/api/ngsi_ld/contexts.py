@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from civica.api.http import json_response
 from civica.api.ngsi_ld.schemas import FRAGMENT, body
 from civica.api.services import Services, services
+from civica.core.entity import check_nesting
 from civica.core.ldcontext import CORE_CONTEXT_URL, CORE_TERMS, DEFAULT_VOCAB
 from civica.core.problems import bad_request, not_found
 from civica.core.timefmt import format_time
@@ -68,6 +69,7 @@ async def add_context(request: Request, svc: Services = Depends(services)) -> Re
         raise bad_request("the body is not valid JSON") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("@context"), dict | list | str):
         raise bad_request("post a JSON object with an @context member")
+    check_nesting(doc, "the @context document")
     local = "urn:civica:context:" + str(len(svc.resolver.entries()) + 1)
     svc.resolver.store(local, doc, "Hosted")
     return Response(status_code=201, headers={"Location": f"/ngsi-ld/v1/jsonldContexts/{local}"})

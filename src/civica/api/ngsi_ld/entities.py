@@ -53,7 +53,7 @@ def entity_query(
     if id_pattern is not None:
         try:
             re.compile(id_pattern)
-        except re.error as err:
+        except (re.error, OverflowError) as err:  # OverflowError: a{99999999999}
             raise bad_request(f"idPattern is not a valid regular expression: {err}") from err
     if ids is not None:
         for eid in ids:
@@ -93,6 +93,13 @@ def _int(raw: Any, default: int, name: str) -> int:
     if value < 0:
         raise bad_request(f"{name} must not be negative")
     return value
+
+
+def _strings(values: list[Any], what: str) -> list[str]:
+    """Members of a Query body that must be strings (anything else is not a name)."""
+    if not all(isinstance(v, str) for v in values):
+        raise bad_request(f"{what} must hold strings")
+    return values
 
 
 def _flag(raw: str | None) -> bool:
@@ -142,11 +149,11 @@ async def post_query(request: Request, svc: Services = Depends(services)) -> Res
         types = [e.get("type") for e in ents if isinstance(e, dict) and e.get("type")]
         ids = [e.get("id") for e in ents if isinstance(e, dict) and e.get("id")]
         if types:
-            params["type"] = ",".join(map(str, types))
+            params["type"] = ",".join(_strings(types, "entities[].type"))
         if ids:
-            params["id"] = ",".join(map(str, ids))
+            params["id"] = ",".join(_strings(ids, "entities[].id"))
     if isinstance(doc.get("attrs"), list):
-        params["attrs"] = ",".join(map(str, doc["attrs"]))
+        params["attrs"] = ",".join(_strings(doc["attrs"], "attrs"))
     if isinstance(doc.get("q"), str):
         params["q"] = doc["q"]
     geo = doc.get("geoQ")

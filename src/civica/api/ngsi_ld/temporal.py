@@ -107,6 +107,8 @@ def temporal_request(params: Mapping[str, str], options: set[str]) -> TemporalRe
         elif timerel == "before":
             end = interval_end = at
         else:
+            if at == datetime.max.replace(tzinfo=at.tzinfo):
+                raise bad_request("timeAt is the last representable instant; nothing is after it")
             start, interval_start = at + _JUST_AFTER, at
     last_n = _last_n(params.get("lastN"))
     form = _form(options, params.get("aggrMethods"))

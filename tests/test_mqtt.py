@@ -1,0 +1,481 @@
+"""MQTT ingest against the real Mosquitto: messages in, entities, observations and dead letters out.
+
+Each test has its own topic root, tenant and shared-subscription group, so parallel runs and
+earlier tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from civica.core.entity import Observation
+from civica.core.store import DeadLetter, EntityQuery, ObservationQuery, Store, StoredEntity
+from civica.ingest.mqtt import MqttIngest
+from civica.ingest.pipeline import Ingest
+from civica.storage import DuckDBStore, MemoryStore
+from tests.conftest import service_available
+
+MQTT_URL = os.environ.get("CIVICA_MQTT_URL", "mqtt://127.0.0.1:1883")
+WATER = "WaterObserved"
+services = pytest.mark.services
+
+
+def sensor(n: int) -> str:
+    return f"urn:ngsi-ld:{WATER}:sensor-{n}"
+
+
+# ---- fixtures --------------------------------------------------------------------------------
+@pytest.fixture
+def mqtt_url() -> str:
+    """The broker; skips (or fails under CIVICA_REQUIRE_SERVICES=1) when it is not reachable."""
+    parts = urlsplit(MQTT_URL)
+    service_available(parts.hostname or "127.0.0.1", parts.port or 1883, "Mosquitto")
+    return MQTT_URL
+
+
+@pytest.fixture
+def root() -> str:
+    return f"civica-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DuckDBStore]:
+    db = DuckDBStore(tmp_path / "civica.duckdb")
+    yield db
+    db.close()
+
+
+Publish = Callable[[str, Any], None]
+
+
+@pytest.fixture
+def publish(mqtt_url: str) -> Iterator[Publish]:
+    """Publish at QoS 1 and wait for the broker's PUBACK; objects are sent as JSON."""
+    parts = urlsplit(mqtt_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
+    client.loop_start()
+
+    def send(topic: str, payload: Any) -> None:
+        body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        info = client.publish(topic, body, qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published(), f"the broker did not take {topic}"
+
+    yield send
+    client.disconnect()
+    client.loop_stop()
+
+
+Consumers = Callable[..., MqttIngest]
+
+
+@pytest.fixture
+def consumer(mqtt_url: str, root: str) -> Iterator[Consumers]:
+    """Start MqttIngest consumers on this test's topic root; all are stopped afterwards."""
+    started: list[MqttIngest] = []
+    group = f"g-{uuid.uuid4().hex[:12]}"
+
+    def make(store: Store, **options: Any) -> MqttIngest:
+        options.setdefault("group", group)
+        options.setdefault("linger", 0.02)
+        ingest = options.pop("ingest", None) or Ingest(store)
+        running = MqttIngest(ingest, mqtt_url, topic_root=root, **options)
+        running.start()
+        started.append(running)
+        return running
+
+    yield make
+    for running in started:
+        running.stop()
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def settled(running: MqttIngest, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        stats = running.stats()
+        return stats.accepted + stats.dead_lettered >= count
+
+    return check
+
+
+def entities(store: Store, tenant: str) -> dict[str, StoredEntity]:
+    page = store.query_entities(tenant, EntityQuery(limit=1000))
+    return {s.id: s for s in page.items}
+
+
+def readings(store: Store, tenant: str, attr: str = "pressure") -> list[Observation]:
+    return store.query_observations(tenant, ObservationQuery(attrs=(attr,)))
+
+
+def letters(store: Store) -> list[DeadLetter]:
+    return store.dead_letters(limit=1000)
+
+
+# ---- what gets stored ------------------------------------------------------------------------
+@services
+def test_normalized_and_key_values_messages_are_stored(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    observed = "2024-05-01T10:00:00Z"
+    normalized = {
+        "id": sensor(1),
+        "type": WATER,
+        "pressure": {"type": "Property", "value": 3.5, "unitCode": "MTR", "observedAt": observed},
+        "location": {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [4.35, 50.85]},
+        },
+    }
+    key_values = {"id": sensor(2), "type": WATER, "pressure": 4.25, "flow": 0.5}
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", normalized)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", key_values)
+    wait_for(settled(running, 2), "two messages")
+
+    assert running.stats().accepted == 2
+    stored = entities(store, tenant)
+    assert set(stored) == {sensor(1), sensor(2)}
+    assert stored[sensor(1)].entity["location"]["value"]["coordinates"] == [4.35, 50.85]
+    assert stored[sensor(2)].entity["flow"] == {"type": "Property", "value": 0.5, "unitCode": "MQS"}
+    pressure = {o.entity_id: o for o in readings(store, tenant)}
+    assert pressure[sensor(1)].value_num == 3.5
+    assert pressure[sensor(1)].observed_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert pressure[sensor(2)].value_num == 4.25
+    assert pressure[sensor(2)].unit == "MTR"
+    assert letters(store) == []
+
+
+@services
+def test_a_list_payload_stores_every_item_and_takes_the_type_from_the_topic(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    items = [{"id": sensor(n), "pressure": 10.0 + n} for n in range(5)]
+    publish(f"{root}/{tenant}/{WATER}/gateway-7", items)
+    wait_for(settled(running, 1), "the list")
+
+    stored = entities(store, tenant)
+    assert sorted(stored) == sorted(sensor(n) for n in range(5))
+    assert {s.type for s in stored.values()} == {WATER}
+    assert sorted(o.value_num for o in readings(store, tenant)) == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert running.stats().entities == 5
+
+
+@services
+def test_id_and_type_come_from_the_topic_and_must_agree_with_it(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": 4.2})
+    publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"id": sensor(3), "pressure": 1.0})
+    publish(f"{root}/{tenant}/{WATER}/{sensor(4)}", {"type": "Streetlight", "pressure": 1.0})
+    wait_for(settled(running, 3), "three messages")
+
+    assert list(entities(store, tenant)) == [sensor(1)]
+    assert entities(store, tenant)[sensor(1)].type == WATER
+    reasons = sorted(d.reason for d in letters(store))
+    assert len(reasons) == 2
+    assert "payload id" in reasons[0] and sensor(2) in reasons[0]
+    assert "payload type 'Streetlight'" in reasons[1]
+    assert running.stats().dead_lettered == 2
+
+
+# ---- dead letters ----------------------------------------------------------------------------
+@services
+def test_malformed_json_is_dead_lettered_and_the_consumer_keeps_going(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    topic = f"{root}/{tenant}/{WATER}/{sensor(1)}"
+    publish(topic, b'{"pressure": 3.5,,')
+    wait_for(settled(running, 1), "the malformed message")
+    publish(topic, {"pressure": 3.5})
+    publish(topic, b"42")
+    wait_for(settled(running, 3), "the later messages")
+
+    assert [o.value_num for o in readings(store, tenant)] == [3.5]
+    dead = sorted(letters(store), key=lambda d: d.reason)
+    assert [d.reason.split(":")[0] for d in dead] == [
+        "malformed JSON",
+        "the payload must be a JSON object or a list of objects",
+    ]
+    assert dead[0].payload == '{"pressure": 3.5,,'
+    assert dead[0].topic == topic
+    assert dead[0].source == "mqtt"
+    assert dead[0].tenant == tenant
+    stats = running.stats()
+    assert (stats.received, stats.accepted, stats.dead_lettered) == (3, 1, 2)
+    assert (stats.dead_letters, stats.entities, stats.pending) == (2, 1, 0)
+
+
+@services
+def test_a_forbidden_attribute_is_refused_by_name(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    payload = {"pressure": 2.0, "macAddress": "00:11:22:33:44:55"}
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", payload)
+    wait_for(settled(running, 1), "the message")
+
+    assert entities(store, tenant) == {}
+    [dead] = letters(store)
+    assert "macAddress" in dead.reason
+    assert orjson.loads(dead.payload) == payload
+
+
+@services
+def test_a_bad_topic_is_dead_lettered(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str
+) -> None:
+    running = consumer(store)
+    publish(f"{root}/not a tenant!/{WATER}/{sensor(1)}", {"pressure": 2.0})
+    wait_for(settled(running, 1), "the message")
+
+    [dead] = letters(store)
+    assert "tenant 'not a tenant!'" in dead.reason
+    assert dead.topic == f"{root}/not a tenant!/{WATER}/{sensor(1)}"
+
+
+@services
+def test_bad_entities_do_not_keep_good_ones_out(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    # A long linger puts everything in one batch, so one upsert holds good and bad together.
+    running = consumer(store, linger=0.5)
+    topic = f"{root}/{tenant}/{WATER}"
+    publish(
+        f"{topic}/gw",
+        [
+            {"id": sensor(1), "pressure": 1.0},
+            {"id": sensor(2), "pressure": 9999.0},
+            {"id": sensor(3), "pressure": 3.0},
+        ],
+    )
+    # The same sensor twice, good then out of range: the error must land on the right one.
+    publish(f"{topic}/{sensor(4)}", {"pressure": 4.0})
+    publish(f"{topic}/{sensor(4)}", {"pressure": -500.0})
+    publish(f"{topic}/{sensor(5)}", {"pressure": 5.0})
+    wait_for(settled(running, 4), "four messages")
+
+    assert sorted(entities(store, tenant)) == [sensor(1), sensor(3), sensor(4), sensor(5)]
+    values = {o.entity_id: o.value_num for o in readings(store, tenant)}
+    assert values == {sensor(1): 1.0, sensor(3): 3.0, sensor(4): 4.0, sensor(5): 5.0}
+    dead = sorted(letters(store), key=lambda d: d.reason)
+    assert len(dead) == 2
+    assert dead[0].reason.startswith("'pressure' = -500")
+    assert orjson.loads(dead[0].payload) == {"pressure": -500.0}
+    assert dead[1].reason.startswith("item 1: 'pressure' = 9999")
+    assert orjson.loads(dead[1].payload)["id"] == sensor(2)
+    stats = running.stats()
+    assert (stats.accepted, stats.dead_lettered, stats.entities) == (2, 2, 4)
+
+
+@services
+def test_an_oversized_payload_is_dead_lettered(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store, max_payload=1024)
+    big = {"id": sensor(1), "pressure": 1.0, "padding": "x" * 2000}
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", big)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"pressure": 2.0})
+    wait_for(settled(running, 2), "two messages")
+
+    [dead] = letters(store)
+    size = len(orjson.dumps(big))
+    assert dead.reason == f"payload too large: {size} bytes, the limit is 1024"
+    assert orjson.loads(dead.payload) == big
+    assert list(entities(store, tenant)) == [sensor(2)]
+
+
+# ---- delivery ----------------------------------------------------------------------------------
+@services
+def test_two_consumers_in_one_group_split_the_messages_without_loss_or_duplicates(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    ingest = Ingest(store)
+    first = consumer(store, ingest=ingest)
+    second = consumer(store, ingest=ingest)
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    count = 300
+    for i in range(count):
+        at = (start + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        reading = {"pressure": {"type": "Property", "value": float(i % 100), "observedAt": at}}
+        publish(f"{root}/{tenant}/{WATER}/{sensor(i % 10)}", reading)
+
+    def all_in() -> bool:
+        return first.stats().accepted + second.stats().accepted >= count
+
+    wait_for(all_in, f"{count} messages")
+    time.sleep(0.2)  # a duplicate, if any, would arrive now
+    rows = readings(store, tenant)
+    assert len(rows) == count
+    assert len({(o.entity_id, o.observed_at) for o in rows}) == count
+    assert first.stats().received > 0 and second.stats().received > 0
+    assert first.stats().received + second.stats().received == count
+
+
+@services
+def test_messages_are_acknowledged_after_their_batch(
+    store: MemoryStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    # With 5 unacknowledged messages the broker stops sending: all 60 arrive only if acks flow.
+    running = consumer(MemoryStore(), receive_maximum=5, batch_size=3)
+    for i in range(60):
+        publish(f"{root}/{tenant}/{WATER}/{sensor(i)}", {"pressure": 1.0})
+    wait_for(settled(running, 60), "60 messages")
+    assert running.stats().entities == 60
+
+
+class FlakyStore(MemoryStore):
+    """A store whose first writes fail, as a database that is briefly unavailable does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError("database unavailable")
+        super().write(tenant, entities, observations)
+
+
+@services
+def test_a_failing_store_is_retried_before_anything_is_acknowledged(
+    consumer: Consumers, publish: Publish, root: str, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = FlakyStore(failures=2)
+    running = consumer(flaky, retry_delay=0.01)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": 1.5})
+    wait_for(settled(running, 1), "the message")
+
+    assert [o.value_num for o in readings(flaky, tenant)] == [1.5]
+    assert running.stats().store_failures == 2
+    assert flaky.dead_letters() == []
+    assert "database unavailable" in caplog.text
+
+
+@services
+def test_stop_flushes_what_was_received(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    # Nothing would be shipped for 60 s: only stop() can bring these messages in.
+    running = consumer(store, linger=60.0, batch_size=100_000)
+    for i in range(50):
+        publish(f"{root}/{tenant}/{WATER}/{sensor(i)}", {"pressure": 2.0})
+    began = time.monotonic()
+    running.stop()
+
+    assert time.monotonic() - began < 10
+    assert len(readings(store, tenant)) == 50
+    assert running.stats().accepted == 50
+    assert running.stats().pending == 0
+
+
+def test_an_unreachable_broker_fails_start(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        running = MqttIngest(Ingest(MemoryStore()), f"mqtt://127.0.0.1:{port}")
+        with pytest.raises(ConnectionError, match="cannot reach the MQTT broker"):
+            running.start()
+    running.stop()  # harmless after a failed start
+
+
+def test_urls_and_options_are_checked() -> None:
+    ingest = Ingest(MemoryStore())
+    with pytest.raises(ValueError, match="not an MQTT broker URL"):
+        MqttIngest(ingest, "http://127.0.0.1:1883")
+    with pytest.raises(ValueError, match="needs a client_id"):
+        MqttIngest(ingest, session_expiry=60)
+    secure = MqttIngest(ingest, "mqtts://ingest:s%40cret@broker.example:8884", group=None)
+    assert (secure.host, secure.port, secure.tls) == ("broker.example", 8884, True)
+    assert (secure.username, secure.password) == ("ingest", "s@cret")
+    assert secure.subscription == "civica/+/+/+"
+    assert MqttIngest(ingest, "mqtt://h").subscription == "$share/civica/civica/+/+/+"
+
+
+@services
+def test_a_receiver_that_dies_is_replaced(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    running = consumer(store)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": 1.0})
+    wait_for(settled(running, 1), "the first message")
+    receiver = running._process  # the child process that runs paho
+    assert receiver is not None
+    receiver.kill()
+
+    wait_for(lambda: running.stats().receiver_restarts == 1, "a new receiver")
+
+    # Published until the new receiver has subscribed: the early ones go nowhere (no session).
+    def stored_again() -> bool:
+        publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"pressure": 2.0})
+        return sensor(2) in entities(store, tenant)
+
+    wait_for(stored_again, "a message through the new receiver")
+    assert running.stats().receiver_restarts == 1
+
+
+class DownStore(MemoryStore):
+    """A store that takes nothing: neither entities nor dead letters."""
+
+    def write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> None:
+        raise OSError("database down")
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        raise OSError("database down")
+
+
+@services
+def test_what_the_store_cannot_keep_is_not_acknowledged_and_comes_back(
+    store: DuckDBStore,
+    consumer: Consumers,
+    publish: Publish,
+    root: str,
+    tenant: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A persistent session: the broker keeps what was not acknowledged for the next connection.
+    session = {"client_id": f"civica-test-{uuid.uuid4().hex[:12]}", "session_expiry": 60}
+    down = consumer(DownStore(), retry_delay=0.01, **session)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": 1.0})
+    wait_for(lambda: down.stats().store_failures >= 4, "failed writes")
+    down.stop()
+    assert (down.stats().accepted, down.stats().dead_lettered, down.stats().pending) == (0, 0, 1)
+    assert "stay unacknowledged" in caplog.text
+
+    healthy = consumer(store, **session)
+    wait_for(settled(healthy, 1), "the redelivered message")
+    assert [o.value_num for o in readings(store, tenant)] == [1.0]
