@@ -13,8 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from civica import __version__
-from civica.api.auth import KeyChecker
 from civica.api import home
+from civica.api.auth import KeyChecker
 from civica.api.contexts import ContextResolver
 from civica.api.limits import BodySizeLimit
 from civica.api.ngsi_ld import batch, contexts, entities, subscriptions, temporal, types

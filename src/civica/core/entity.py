@@ -31,9 +31,10 @@ GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
 SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt"})
 ENTITY_MEMBERS = frozenset({"id", "type", "@context", "scope"}) | SYSTEM_MEMBERS
 # Attribute members a client may send besides sub-attributes.
-_ATTRIBUTE_MEMBERS = frozenset(
-    {"type", "value", "object", "languageMap", "observedAt", "unitCode", "datasetId"}
-) | SYSTEM_MEMBERS
+_ATTRIBUTE_MEMBERS = (
+    frozenset({"type", "value", "object", "languageMap", "observedAt", "unitCode", "datasetId"})
+    | SYSTEM_MEMBERS
+)
 
 MAX_ID_LENGTH = 256
 MAX_NAME_LENGTH = 256
@@ -287,9 +288,7 @@ def observations(entity: Entity, received_at: datetime) -> list[Observation]:
         observed = attr.get("observedAt")
         at = parse_time(observed) if observed else received_at
         if isinstance(value, int | float) and not isinstance(value, bool):
-            rows.append(
-                Observation(eid, etype, name, at, float(value), None, attr.get("unitCode"))
-            )
+            rows.append(Observation(eid, etype, name, at, float(value), None, attr.get("unitCode")))
         else:
             rows.append(
                 Observation(

@@ -164,9 +164,8 @@ def parse_geo_query(
     geom = check_geometry({"type": geometry, "coordinates": coords}, "geometry")
     if rel == "near" and geom["type"] != "Point":
         raise bad_request("georel=near takes a Point geometry")
-    if rel in ("within", "contains", "overlaps") and geom["type"] not in ("Polygon", "MultiPolygon"):
-        if rel == "within":
-            raise bad_request("georel=within takes a Polygon or MultiPolygon")
+    if rel == "within" and geom["type"] not in ("Polygon", "MultiPolygon"):
+        raise bad_request("georel=within takes a Polygon or MultiPolygon")
     shape(geom)  # shapely accepts every geometry check_geometry lets through
     return GeoQuery(rel, geom, geoproperty or "location", max_d, min_d)
 

@@ -42,7 +42,7 @@ NOT_ACCEPTABLE = ProblemKind("NotAcceptable", 406, CIVICA_ERRORS)
 PRIVACY_VIOLATION = ProblemKind("PrivacyViolation", 400, CIVICA_ERRORS)
 
 
-class Problem(Exception):
+class Problem(Exception):  # noqa: N818 - named after RFC 9457 problem details
     """An error that becomes a ProblemDetails body (HTTP) or a dead-letter reason (MQTT)."""
 
     def __init__(

@@ -5,7 +5,8 @@
 value lists ``a,b`` and ranges ``a..b``. A bare attribute path tests existence.
 
 >>> q = parse_q('temperature>20;status=="ok"')
->>> q.matches({"temperature": {"type": "Property", "value": 21}, "status": {"type": "Property", "value": "ok"}})
+>>> q.matches({"temperature": {"type": "Property", "value": 21},
+...            "status": {"type": "Property", "value": "ok"}})
 True
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from civica.core.problems import TOO_COMPLEX_QUERY, Problem, bad_request
 from civica.core.timefmt import normalise_time
@@ -49,10 +50,7 @@ class Path:
             nxt = node.get(sub)
             if nxt is None:
                 return False, None
-            if not isinstance(nxt, dict) or "type" not in nxt:
-                node = {"value": nxt}
-            else:
-                node = nxt
+            node = nxt if isinstance(nxt, dict) and "type" in nxt else {"value": nxt}
         value = node.get("value", node.get("object", node.get("languageMap")))
         for key in self.compound:
             if not isinstance(value, dict) or key not in value:
@@ -98,7 +96,7 @@ class BoolOp:
         return any(i.matches(entity) for i in self.items)
 
 
-Node = Union[Term, BoolOp]
+Node = Term | BoolOp
 
 
 @dataclass(frozen=True)
@@ -182,7 +180,7 @@ class _Parser:
     def parse(self) -> Node:
         node = self.parse_or()
         if self.pos != len(self.text):
-            raise self.fail(f"unexpected {self.text[self.pos:self.pos + 10]!r}")
+            raise self.fail(f"unexpected {self.text[self.pos : self.pos + 10]!r}")
         return node
 
     def parse_or(self) -> Node:

@@ -282,8 +282,14 @@ class Ingest:
         return [ctx.from_canonical(k) for k in skipped]
 
     def patch_attribute(
-        self, tenant: str, eid: str, name: str, fragment: Any, ctx: LdContext = CORE,
-        *, replace: bool = False,
+        self,
+        tenant: str,
+        eid: str,
+        name: str,
+        fragment: Any,
+        ctx: LdContext = CORE,
+        *,
+        replace: bool = False,
     ) -> None:
         """PATCH (partial) or PUT (replace) one attribute, which must exist."""
         if not isinstance(fragment, dict):
@@ -295,8 +301,11 @@ class Ingest:
             if old is None or canonical in ("id", "type"):  # members, not attributes
                 raise not_found(f"entity {eid} has no attribute {name!r}")
             renamed = {
-                (k if k in ("type", "value", "object", "observedAt", "unitCode", "languageMap")
-                 else ctx.to_canonical(k)): v
+                (
+                    k
+                    if k in ("type", "value", "object", "observedAt", "unitCode", "languageMap")
+                    else ctx.to_canonical(k)
+                ): v
                 for k, v in fragment.items()
             }
             raw = renamed if replace else merge_attribute(old, renamed)

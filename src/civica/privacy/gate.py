@@ -16,9 +16,9 @@ from civica.core.timefmt import normalise_time
 from civica.core.units import to_canonical
 from civica.privacy.catalogue import (
     BOOL,
-    METADATA_SUB_PROPERTIES,
     DATETIME,
     GEO,
+    METADATA_SUB_PROPERTIES,
     NUMBER,
     TEXT,
     AttributeSpec,
@@ -88,8 +88,7 @@ class PrivacyGate:
         decl = spec.attribute(name)
         if decl is None:
             raise bad_request(
-                f"attribute {name!r} is not declared for type {spec.type!r} in the data "
-                "catalogue",
+                f"attribute {name!r} is not declared for type {spec.type!r} in the data catalogue",
                 attribute=name,
             )
         attr = dict(attr)
@@ -133,7 +132,7 @@ def _check_kind(decl: AttributeSpec, name: str, attr: dict[str, Any]) -> None:
         if kind != RELATIONSHIP:
             raise bad_request(f"{name!r} must be a Relationship", attribute=name)
         return
-    if kind == RELATIONSHIP or kind == GEO_PROPERTY:
+    if kind in (RELATIONSHIP, GEO_PROPERTY):
         raise bad_request(f"{name!r} must be a Property", attribute=name)
     value = attr.get("value")
     if decl.kind == NUMBER:
@@ -165,8 +164,9 @@ def _in_units(decl: AttributeSpec, name: str, value: Any, attr: dict[str, Any]) 
     code = attr.get("unitCode")
     if decl.unit is None:
         if code is not None and code != "C62":
-            raise bad_request(f"{name!r} is dimensionless; unitCode {code!r} not accepted",
-                              attribute=name)
+            raise bad_request(
+                f"{name!r} is dimensionless; unitCode {code!r} not accepted", attribute=name
+            )
         attr.pop("unitCode", None)
     else:
         if code is not None and code != decl.unit:

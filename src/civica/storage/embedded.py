@@ -134,9 +134,11 @@ class DuckDBStore:
         return cur
 
     def tenants(self) -> list[str]:
-        rows = self._cursor().execute(
-            f"select tenant from entities union select distinct tenant from {_HISTORY}"
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(f"select tenant from entities union select distinct tenant from {_HISTORY}")
+            .fetchall()
+        )
         return sorted(r[0] for r in rows)
 
     def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
@@ -261,11 +263,15 @@ class DuckDBStore:
         return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
-        rows = self._cursor().execute(
-            "select type, count(*), list_sort(list_distinct(flatten(list(attrs)))) "
-            "from entities where tenant = ? group by type order by type",
-            [tenant],
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(
+                "select type, count(*), list_sort(list_distinct(flatten(list(attrs)))) "
+                "from entities where tenant = ? group by type order by type",
+                [tenant],
+            )
+            .fetchall()
+        )
         return [TypeInfo(r[0], int(r[1]), tuple(r[2])) for r in rows]
 
     def query_observations(self, tenant: str, query: ObservationQuery) -> list[Observation]:
@@ -335,11 +341,15 @@ class DuckDBStore:
             self._con.unregister("new_dead")
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = self._cursor().execute(
-            "select epoch_us(received_at), source, tenant, reason, payload, topic "
-            "from dead_letters order by received_at desc, rowid desc limit ?",
-            [max(limit, 0)],
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(
+                "select epoch_us(received_at), source, tenant, reason, payload, topic "
+                "from dead_letters order by received_at desc, rowid desc limit ?",
+                [max(limit, 0)],
+            )
+            .fetchall()
+        )
         return [DeadLetter(_from_us(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     def count_dead_letters(self) -> int:
@@ -361,18 +371,26 @@ class DuckDBStore:
             )
 
     def api_key(self, key_id: str) -> ApiKeyRecord | None:
-        row = self._cursor().execute(
-            "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
-            "where key_id = ?",
-            [key_id],
-        ).fetchall()
+        row = (
+            self._cursor()
+            .execute(
+                "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
+                "where key_id = ?",
+                [key_id],
+            )
+            .fetchall()
+        )
         return _key(row[0]) if row else None
 
     def api_keys(self) -> list[ApiKeyRecord]:
-        rows = self._cursor().execute(
-            "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
-            "order by created_at, key_id"
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(
+                "select key_id, key_hash, role, label, epoch_us(created_at), revoked from api_keys "
+                "order by created_at, key_id"
+            )
+            .fetchall()
+        )
         return [_key(r) for r in rows]
 
     def put_subscription(self, tenant: str, sub_id: str, doc: dict[str, Any]) -> None:
