@@ -1,0 +1,1 @@
+"""City services, one package each (water, traffic, ...), all with the same file names."""

@@ -1,0 +1,1 @@
+"""Water: network twin (WNTR), leak detection and localisation, quality events."""
