@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -49,9 +49,12 @@ GEOMETRY_TYPES = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """One observed value of one attribute; the row of the temporal history."""
+class Observation(NamedTuple):
+    """One observed value of one attribute; the row of the temporal history.
+
+    A named tuple rather than a frozen dataclass: ingest makes one per reading and a history
+    query one per instance, and a tuple is built about ten times faster.
+    """
 
     entity_id: str
     entity_type: str

@@ -31,8 +31,9 @@ def parse_time(text: object, what: str = "timestamp") -> datetime:
 
 def format_time(value: datetime) -> str:
     """Render a datetime as ISO 8601 UTC with milliseconds and a ``Z``."""
-    text = value.astimezone(UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
+    if value.tzinfo is not UTC:  # the store hands out UTC already: skip the conversion
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def normalise_time(text: object, what: str = "observedAt") -> str:
