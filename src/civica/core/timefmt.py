@@ -11,10 +11,28 @@ from civica.core.problems import bad_request
 _CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z\Z")
 
 
+# A reading's timestamp is parsed when it is validated and again when its observation row is
+# made, and the attributes of one entity share it: remembering recent parses saves most of them.
+_RECENT: dict[str, datetime] = {}
+_RECENT_MAX = 8192
+_CANONICAL_SEEN: set[str] = set()  # strings known valid and already in canonical form
+
+
 def parse_time(text: object, what: str = "timestamp") -> datetime:
     """Parse an ISO 8601 date-time that carries a zone; naive times are refused."""
     if not isinstance(text, str):
         raise bad_request(f"{what} must be an ISO 8601 string, got {type(text).__name__}")
+    hit = _RECENT.get(text)
+    if hit is not None:
+        return hit
+    value = _parse(text, what)
+    if len(_RECENT) >= _RECENT_MAX:
+        _RECENT.clear()
+    _RECENT[text] = value
+    return value
+
+
+def _parse(text: str, what: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError as err:
@@ -37,8 +55,13 @@ def format_time(value: datetime) -> str:
 
 
 def normalise_time(text: object, what: str = "observedAt") -> str:
+    if isinstance(text, str) and text in _CANONICAL_SEEN:
+        return text
     if isinstance(text, str) and _CANONICAL.match(text):
         parse_time(text, what)  # still refuse impossible dates such as 2024-02-30
+        if len(_CANONICAL_SEEN) >= _RECENT_MAX:
+            _CANONICAL_SEEN.clear()
+        _CANONICAL_SEEN.add(text)
         return text
     return format_time(parse_time(text, what))
 
