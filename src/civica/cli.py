@@ -15,6 +15,7 @@ from rich.table import Table
 
 from civica.api.auth import ROLES, create_key, revoke_key
 from civica.core.store import Store
+from civica.domains.water.commands import water
 from civica.privacy.catalogue import Catalogue
 from civica.storage import open_store
 
@@ -242,6 +243,8 @@ def catalogue() -> None:
             )
     _stdout().print(table)
 
+
+main.add_command(water)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
