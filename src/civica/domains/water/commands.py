@@ -115,3 +115,62 @@ def score(scenario_dir: Path, leaks_file: Path | None, method: str | None) -> No
     except (WaterInputError, SimulationError) as err:
         raise _fail(err) from err
     click.echo(json.dumps(result, indent=2))
+
+
+@water.command("quality-detect")
+@click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where to write events.json (default: standard output).",
+)
+@click.option(
+    "--leak-free-days",
+    "train_days",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Days learned as normal before any decision.",
+)
+def quality_detect(scenario_dir: Path, out: Path | None, train_days: float) -> None:
+    """Detect water-quality events (CANARY-style) in a scenario's quality readings."""
+    from civica.core.problems import Problem
+    from civica.domains.water.quality import QualityConfig, detect_scenario
+
+    try:
+        events = detect_scenario(scenario_dir, QualityConfig(train_days=train_days))
+    except (WaterInputError, Problem) as err:
+        raise _fail(err) from err
+    text = json.dumps([e.to_json() for e in events], indent=2)
+    if out is None:
+        click.echo(text)
+    else:
+        out.write_text(text + "\n")
+        console.print(f"{len(events)} quality events written to {out}")
+
+
+@water.command("quality-score")
+@click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("events_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--grace-h",
+    type=float,
+    default=6.0,
+    show_default=True,
+    help="Hours after an injection ends in which an event still counts.",
+)
+def quality_score(scenario_dir: Path, events_file: Path, grace_h: float) -> None:
+    """Score an events.json against the scenario's contaminant injections (JSON)."""
+    from civica.core.problems import Problem
+    from civica.domains.water.quality_scoring import score_scenario
+
+    try:
+        events = json.loads(events_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(ValueError(f"{events_file}: not valid JSON: {err}")) from err
+    try:
+        result = score_scenario(scenario_dir, events, grace_h=grace_h)
+    except (WaterInputError, Problem) as err:
+        raise _fail(err) from err
+    click.echo(json.dumps(result.to_json(), indent=2))

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -334,6 +335,16 @@ def detect_events(
         if last is not None:
             episodes.append(last)
     return merge_episodes(episodes, stations, cfg.merge_h)
+
+
+def detect_scenario(
+    directory: str | Path, config: QualityConfig | None = None
+) -> list[QualityEvent]:
+    """Quality events in a scenario directory's readings (never its truth.json)."""
+    from civica.domains.water.files import load_scenario  # reads network.inp through WNTR
+
+    scenario = load_scenario(directory)
+    return detect_events(scenario.readings, scenario.sensors, config)
 
 
 def merge_episodes(

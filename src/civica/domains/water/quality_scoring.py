@@ -17,11 +17,13 @@ rate, never hidden. Events matching no injection are false alarms, per week of s
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from civica.core.problems import bad_request
 from civica.core.timefmt import parse_time
 
 GRACE_H = 6.0
@@ -58,9 +60,16 @@ def injections_from_truth(truth: Mapping[str, Any]) -> list[Injection]:
     return out
 
 
-def events_from_json(items: Iterable[Mapping[str, Any]]) -> list[tuple[str, datetime]]:
+def events_from_json(items: object) -> list[tuple[str, datetime]]:
     """``(node, detected_at)`` of every event in an events.json list."""
-    return [(str(e["node"]), parse_time(e["detected_at"], "detected_at")) for e in items]
+    if not isinstance(items, list):
+        raise bad_request("events must be a JSON list of {node, detected_at, ...} objects")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or "node" not in item or "detected_at" not in item:
+            raise bad_request(f"event {n}: expected an object with 'node' and 'detected_at'")
+        out.append((str(item["node"]), parse_time(item["detected_at"], f"event {n} detected_at")))
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,4 +189,19 @@ def score_events(
         weeks=days / 7.0,
         grace_h=grace_h,
         matches=tuple(matches),
+    )
+
+
+def score_scenario(
+    directory: str | Path, events: object, *, grace_h: float = GRACE_H
+) -> QualityScore:
+    """Score events.json items against the truth.json of a scenario directory."""
+    from civica.domains.water.files import load_truth
+
+    truth = load_truth(directory)
+    return score_events(
+        events_from_json(events),
+        injections_from_truth(truth),
+        days=float(truth["days"]),
+        grace_h=grace_h,
     )
