@@ -145,18 +145,23 @@ def network_graph(wn: Model) -> nx.Graph:
 
 def link_distance(graph: nx.Graph, a: str, b: str) -> float:
     """Distance in m along the network from the midpoint of link ``a`` to that of link ``b``."""
+    return distances_from_link(graph, a).get(b, math.inf)
+
+
+def distances_from_link(graph: nx.Graph, a: str) -> dict[str, float]:
+    """Distance in m along the network from the midpoint of link ``a`` to every link's midpoint.
+
+    Links that cannot be reached are left out.
+    """
     links: dict[str, tuple[str, str, float]] = graph.graph["links"]
-    if a == b:
-        return 0.0
     ua, va, la = links[a]
-    ub, vb, lb = links[b]
-    best = math.inf
-    for end_a in (ua, va):
-        reach = nx.single_source_dijkstra_path_length(graph, end_a, weight="length")
-        for end_b in (ub, vb):
-            if end_b in reach:
-                best = min(best, la / 2 + reach[end_b] + lb / 2)
-    return best
+    reach = [nx.single_source_dijkstra_path_length(graph, end, weight="length") for end in (ua, va)]
+    table: dict[str, float] = {}
+    for name, (u, v, length) in links.items():
+        best = min(r.get(end, math.inf) for r in reach for end in (u, v))
+        if math.isfinite(best):
+            table[name] = 0.0 if name == a else la / 2 + best + length / 2
+    return table
 
 
 def _pattern_series(wn: Model, name: str | None, times: np.ndarray) -> np.ndarray:
