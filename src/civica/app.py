@@ -29,6 +29,7 @@ from civica.core.problems import (
     ProblemKind,
 )
 from civica.core.store import Store
+from civica.domains import domain_catalogue
 from civica.ingest.pipeline import Ingest
 from civica.privacy.gate import PrivacyGate
 
@@ -60,7 +61,7 @@ def build_services(
     store: Store, settings: Settings | None = None, ingest: Ingest | None = None
 ) -> Services:
     settings = settings or Settings()
-    ingest = ingest or Ingest(store, PrivacyGate(), EventBus())
+    ingest = ingest or Ingest(store, PrivacyGate(domain_catalogue()), EventBus())
     return Services(
         store=store,
         ingest=ingest,

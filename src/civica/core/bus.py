@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from civica.core.entity import Entity
+from civica.core.entity import Entity, Observation
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,18 @@ class EntityChanged:
     changed: frozenset[str]
     created: bool
     deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationsAdded:
+    """Every observation row one write stored, in arrival order: what streaming detectors read.
+
+    ``EntityChanged`` carries only an entity's state after the write, so when one batch holds
+    several readings of the same sensor only the last would be seen; this event loses none.
+    """
+
+    tenant: str
+    rows: tuple[Observation, ...]
 
 
 Handler = Callable[[Any], None]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from civica.core.bus import EntityChanged, EventBus
+from civica.core.bus import EntityChanged, EventBus, ObservationsAdded
 from civica.core.clock import Clock, SystemClock
 from civica.core.entity import (
     Entity,
@@ -338,6 +338,8 @@ class Ingest:
             for fragment in change.fragments:
                 rows.extend(observations(fragment, now))
         self.store.write(tenant, [c.stored for c in changes], rows)
+        if rows:
+            self.bus.publish(ObservationsAdded(tenant, tuple(rows)))
         for c in changes:
             changed = frozenset(k for f in c.fragments for k in f if k not in ("id", "type"))
             self.bus.publish(EntityChanged(tenant, c.stored.entity, changed, c.created))
