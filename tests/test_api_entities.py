@@ -532,3 +532,14 @@ def test_trailing_slash_and_openapi(live: LiveServer) -> None:
         home = c.get("/")
         assert home.status_code == 200 and "text/html" in home.headers["content-type"]
         assert "application/geo+json" in home.text  # the map reads the GeoJSON answer
+
+
+def test_create_in_key_values_form(live: LiveServer) -> None:
+    doc = {"id": "urn:ngsi-ld:Streetlight:kv1", "type": "Streetlight", "status": "ok"}
+    with live.client() as c:
+        plain = c.post(f"{BASE}/entities", json=doc)
+        assert plain.status_code == 400  # a bare value is not normalized NGSI-LD
+        r = c.post(f"{BASE}/entities", json=doc, params={"options": "keyValues"})
+        assert r.status_code == 201, r.text
+        got = c.get(f"{BASE}/entities/urn:ngsi-ld:Streetlight:kv1").json()
+        assert got["status"] == {"type": "Property", "value": "ok"}

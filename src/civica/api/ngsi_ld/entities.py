@@ -174,7 +174,8 @@ async def create_entity(request: Request, svc: Services = Depends(services)) -> 
     tenant = tenant_of(request)
     if isinstance(doc, list):
         raise bad_request("POST /entities takes one entity; use /entityOperations for batches")
-    out = await run_in_threadpool(svc.ingest.create, tenant, [doc], ctx)
+    key_values = "keyValues" in options_of(request)
+    out = await run_in_threadpool(svc.ingest.create, tenant, [doc], ctx, key_values=key_values)
     if out.errors:
         raise out.errors[0][1]
     eid = out.created[0]

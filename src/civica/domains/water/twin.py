@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -51,3 +53,64 @@ def replay(
         if on_batch is not None:
             on_batch(min(start + steps_per_batch, len(times)))
     return accepted
+
+
+def run_live(
+    directory: str,
+    ingest: Ingest,
+    *,
+    tenant: str = "",
+    leak_free_days: int = 2,
+    quality: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Replay a scenario into the platform with the live leak and quality watches on.
+
+    Returns the alerts each watch raised (they are also stored as ``Alert`` entities).
+    """
+    from civica.domains.water.detectors import LeakWatch, QualityWatch
+    from civica.domains.water.entities import sensor_refs
+    from civica.domains.water.files import load_scenario
+
+    scenario = load_scenario(directory)
+    name = Path(directory).name or "network"
+    refs = sensor_refs(scenario.sensors.to_dict("records"))
+    leaks = LeakWatch(
+        ingest,
+        scenario.network,
+        scenario.sensors,
+        refs,
+        tenant=tenant,
+        name=name,
+        step_s=scenario.step_s,
+        leak_free_days=leak_free_days,
+    )
+    has_quality = quality and bool(scenario.of_kind("quality"))
+    quality_watch = (
+        QualityWatch(ingest, scenario.sensors, refs, tenant=tenant, name=name)
+        if has_quality
+        else None
+    )
+    total = len(scenario.readings)
+    try:
+        replay(
+            scenario.readings,
+            refs,
+            ingest,
+            tenant=tenant,
+            network=name,
+            on_batch=None if progress is None else (lambda done: progress(done, total)),
+        )
+        leaks.drain()
+        if quality_watch is not None:
+            quality_watch.drain()
+    finally:
+        leaks.close()
+        if quality_watch is not None:
+            quality_watch.close()
+    if leaks.errors:
+        raise RuntimeError(f"leak watch failed: {leaks.errors[0]}")
+    return {
+        "leak": leaks.alerts,
+        "quality": [] if quality_watch is None else quality_watch.alerts,
+    }
