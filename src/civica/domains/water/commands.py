@@ -48,6 +48,7 @@ def water() -> None:
 @click.option("--quality", is_flag=True, help="Also simulate chlorine and contaminant events.")
 @click.option("--sensors", type=int, default=None, help="Pressure sensors (default: scaled).")
 @click.option("--leak-free-days", type=int, default=2, show_default=True)
+@click.option("--injections", type=int, default=None, help="With --quality (default: scaled).")
 def scenario(
     network: str,
     days: int,
@@ -58,6 +59,7 @@ def scenario(
     quality: bool,
     sensors: int | None,
     leak_free_days: int,
+    injections: int | None,
 ) -> None:
     """Simulate a network with hidden leaks and write network.inp, readings, sensors, truth."""
     from civica.domains.water.scenario import ScenarioConfig, generate
@@ -71,6 +73,7 @@ def scenario(
         leak_free_days=leak_free_days,
         sensors=sensors,
         quality=quality,
+        injections=injections,
     )
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -174,3 +177,61 @@ def quality_score(scenario_dir: Path, events_file: Path, grace_h: float) -> None
     except (WaterInputError, Problem) as err:
         raise _fail(err) from err
     click.echo(json.dumps(result.to_json(), indent=2))
+
+
+@water.command()
+@click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="DuckDB file to ingest into (default: a temporary one).",
+)
+@click.option("--tenant", default="", help="NGSILD-Tenant to ingest into.")
+@click.option("--leak-free-days", type=int, default=2, show_default=True)
+def live(scenario_dir: Path, db: Path | None, tenant: str, leak_free_days: int) -> None:
+    """Replay a scenario through ingest with the live detectors on; print the Alerts raised."""
+    import tempfile
+
+    from civica.core.bus import EventBus
+    from civica.domains import domain_catalogue
+    from civica.domains.water.twin import run_live
+    from civica.ingest.pipeline import Ingest
+    from civica.privacy.gate import PrivacyGate
+    from civica.storage import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(str(db or Path(tmp) / "live.duckdb"))
+        try:
+            ingest = Ingest(store, PrivacyGate(domain_catalogue()), EventBus())
+            with Progress(
+                TextColumn("replaying readings"), BarColumn(), TimeElapsedColumn(), console=console
+            ) as bar:
+                task = bar.add_task("replay", total=None)
+
+                def step(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                alerts = run_live(
+                    str(scenario_dir),
+                    ingest,
+                    tenant=tenant,
+                    leak_free_days=leak_free_days,
+                    progress=step,
+                )
+        except (WaterInputError, SimulationError, RuntimeError) as err:
+            raise _fail(err) from err
+        finally:
+            store.close()
+    summary = [
+        {
+            "id": a["id"],
+            "subCategory": a["subCategory"]["value"],
+            "dateIssued": a["dateIssued"]["value"],
+            "description": a["description"]["value"],
+            "candidateArea": a["candidateArea"]["value"],
+        }
+        for kind in ("leak", "quality")
+        for a in alerts[kind]
+    ]
+    click.echo(json.dumps(summary, indent=2))

@@ -28,6 +28,7 @@ Model = Any
 
 NETWORKS_DIR = Path(wntr.__file__).parent / "library" / "networks"
 SHIPPED_NETWORKS = ("Net1", "Net2", "Net3", "Net6", "ky4", "ky10")
+DAY_S = 86400
 
 
 class WaterInputError(ValueError):
@@ -93,6 +94,8 @@ class NetworkFacts:
     reservoirs: tuple[str, ...]
     pipes: tuple[str, ...]
     links: tuple[str, ...]
+    nodes: tuple[str, ...]
+    pipe_ends: dict[str, tuple[str, str]]
     pipe_lengths: dict[str, float]  # m
     pipe_open: dict[str, bool]  # pipe initially open (not closed, not a check valve)
     inlet_links: tuple[str, ...]  # links touching a reservoir or tank
@@ -113,6 +116,10 @@ def network_facts(wn: Model) -> NetworkFacts:
         tanks=tuple(wn.tank_name_list),
         reservoirs=tuple(wn.reservoir_name_list),
         pipes=pipes,
+        nodes=tuple(wn.node_name_list),
+        pipe_ends={
+            p: (wn.get_link(p).start_node_name, wn.get_link(p).end_node_name) for p in pipes
+        },
         links=tuple(wn.link_name_list),
         pipe_lengths={p: float(wn.get_link(p).length) for p in pipes},
         pipe_open={
@@ -210,6 +217,13 @@ def set_timing(wn: Model, duration_s: int, step_s: int) -> None:
     t.rule_timestep = min(t.rule_timestep or step_s, step_s)
 
 
+def no_quality(wn: Model) -> None:
+    """Simulate hydraulics only."""
+    wn.options.quality.parameter = "NONE"
+    for name in list(wn.source_name_list):
+        wn.remove_source(name)
+
+
 def set_pressure_driven(wn: Model, required_m: float, minimum_m: float = 0.0) -> None:
     """Pressure-driven demand (EPANET 2.2 PDD): full demand at ``required_m`` head, none below
     ``minimum_m``, square-root in between."""
@@ -264,8 +278,8 @@ def add_leak(wn: Model, pipe: str, node: str, flow: np.ndarray, step_s: int) -> 
 
 @dataclass(frozen=True)
 class Results:
-    """Simulated series indexed by time (s): node pressure/head (m), link flow (m³/s), node
-    demand (m³/s, delivered) and quality (mg/L or the model's unit) when simulated."""
+    """Simulated series indexed by time (s): node pressure (m; level in tanks), link flow
+    (m³/s), delivered node demand (m³/s) and node quality (mg/L) when simulated."""
 
     pressure: pd.DataFrame
     flow: pd.DataFrame
@@ -273,31 +287,37 @@ class Results:
     quality: pd.DataFrame | None
 
 
+# Called with the phase ("hydraulics" or "quality") and the simulated time (s) reached.
+EngineProgress = Callable[[str, int], None]
+
+
 def simulate(
     wn: Model,
-    progress: Callable[[int], None] | None = None,
+    progress: EngineProgress | None = None,
     *,
-    quality: bool = False,
+    save_hydraulics: Path | None = None,
+    use_hydraulics: Path | None = None,
 ) -> Results:
-    """Run EPANET on ``wn``; ``progress`` receives the simulated time (s) as it advances."""
-    if not quality:
-        wn.options.quality.parameter = "NONE"
+    """Run EPANET 2.2 on ``wn`` step by step (water quality too unless its parameter is NONE).
+
+    ``save_hydraulics`` keeps the hydraulic solution so that another water-quality setting of
+    the same network can be run on it with ``use_hydraulics``, skipping the hydraulics.
+    """
+    quality = str(wn.options.quality.parameter).upper() != "NONE"
+    report = progress or (lambda phase, now: None)
     with tempfile.TemporaryDirectory(prefix="civica-epanet-") as tmp, _quiet():
         inp, rpt, out = (str(Path(tmp) / f"run.{ext}") for ext in ("inp", "rpt", "bin"))
         try:
             wntr.network.write_inpfile(wn, inp, units="LPS", version=2.2)
             engine = ENepanet(version=2.2)
             engine.ENopen(inp, rpt, out)
-            engine.ENopenH()
-            engine.ENinitH(11)
-            while True:
-                now = engine.ENrunH()
-                if progress is not None:
-                    progress(now)
-                if engine.ENnextH() <= 0:
-                    break
-            engine.ENcloseH()
-            engine.ENsolveQ()
+            if use_hydraulics is None:
+                _run_phase(engine, "hydraulics", report)
+            else:
+                engine.ENusehydfile(str(use_hydraulics))
+            if save_hydraulics is not None:
+                engine.ENsavehydfile(str(save_hydraulics))
+            _run_phase(engine, "quality", report if quality else lambda phase, now: None)
             engine.ENreport()
             engine.ENclose()
             raw = BinFile().read(out, False, wn.options.hydraulic.headloss == "D-W")
@@ -308,25 +328,108 @@ def simulate(
         pressure=node["pressure"],
         flow=link["flowrate"],
         demand=node["demand"],
-        quality=node["quality"] if quality else None,
+        # WNTR hands concentrations over in kg/m³; readings are in mg/L.
+        quality=node["quality"] * 1000.0 if quality else None,
     )
 
 
-def pick_required_pressure(wn: Model) -> float:
-    """A PDD required pressure (m) the network meets nearly everywhere in normal operation.
+def _run_phase(engine: Any, phase: str, report: EngineProgress) -> None:
+    """Step EPANET's hydraulic or quality solver to the end, reporting the time reached."""
+    if phase == "hydraulics":
+        engine.ENopenH()
+        engine.ENinitH(11)  # re-initialise flows, save results for the quality solver
+        run, step, close = engine.ENrunH, engine.ENnextH, engine.ENcloseH
+    else:
+        engine.ENopenQ()
+        engine.ENinitQ(1)  # save results to the output file
+        run, step, close = engine.ENrunQ, engine.ENnextQ, engine.ENcloseQ
+    while True:
+        report(phase, run())
+        if step() <= 0:
+            break
+    close()
 
-    One day at 1-hour steps under demand-driven analysis; take the 5th percentile of the
-    pressures at demand junctions, capped at 20 m (a common service standard) and floored at
-    5 m so that a badly designed network still gets a sensible pressure-demand curve.
+
+def set_chlorine(
+    wn: Model,
+    sources: dict[str, float],
+    dose: np.ndarray,
+    step_s: int,
+    *,
+    bulk_per_day: float,
+    wall_m_per_day: float,
+    initial_mg_l: float,
+) -> None:
+    """Chlorine as a first-order decaying chemical, dosed to a set point at ``sources``.
+
+    ``sources`` maps node to set point (mg/L); ``dose`` multiplies it per step; the bulk
+    coefficient is per day and the wall coefficient m/day (negative: decay).
     """
+    q = wn.options.quality
+    q.parameter = "CHEMICAL"
+    q.chemical_name = "Chlorine"
+    q.inpfile_units = "mg/L"
+    reaction = wn.options.reaction
+    reaction.bulk_order = 1
+    reaction.wall_order = 1
+    reaction.bulk_coeff = bulk_per_day / DAY_S  # WNTR wants SI: 1/s and m/s
+    reaction.wall_coeff = wall_m_per_day / DAY_S
+    for _, node in wn.nodes():
+        node.initial_quality = initial_mg_l / 1000.0  # kg/m³
+    wn.add_pattern("CL_DOSE", list(map(float, dose)))
+    wn.options.time.pattern_timestep = step_s
+    for node, mg_l in sources.items():
+        # CONCEN sets the water a reservoir or inflow node sends out; tanks need SETPOINT.
+        kind = "SETPOINT" if node in wn.tank_name_list else "CONCEN"
+        wn.add_source(f"CL_{node}", node, kind, mg_l / 1000.0, "CL_DOSE")
+
+
+def set_contaminant(
+    wn: Model, injections: Sequence[tuple[str, float, np.ndarray]], step_s: int
+) -> None:
+    """A conservative contaminant injected as MASS sources: (node, mg/min, on/off per step)."""
+    q = wn.options.quality
+    q.parameter = "CHEMICAL"
+    q.chemical_name = "Contaminant"
+    q.inpfile_units = "mg/L"
+    wn.options.reaction.bulk_coeff = 0.0
+    wn.options.reaction.wall_coeff = 0.0
+    for name in list(wn.source_name_list):
+        wn.remove_source(name)
+    for _, node in wn.nodes():
+        node.initial_quality = 0.0
+    wn.options.time.pattern_timestep = step_s
+    for n, (node, mg_min, shape) in enumerate(injections):
+        wn.add_pattern(f"INJ_{n}", list(map(float, shape)))
+        # MASS strength in SI is kg/s.
+        wn.add_source(f"INJ_{n}", node, "MASS", mg_min / 60.0 / 1e6, f"INJ_{n}")
+
+
+def probe_pressure(wn: Model) -> pd.Series:
+    """Lowest pressure (m) at every junction over one nominal day, demand-driven, 1-hour steps."""
     probe = copy_network(wn)
     probe.options.hydraulic.demand_model = "DDA"
-    set_timing(probe, 86400, 3600)
+    no_quality(probe)
+    set_timing(probe, DAY_S, 3600)
     results = simulate(probe)
-    with_demand = [n for n, j in probe.junctions() if j.demand_timeseries_list.at(0) != 0]
-    pressure = results.pressure[with_demand or list(probe.junction_name_list)].to_numpy()
-    low = float(np.nanpercentile(pressure, 5))
-    return float(min(20.0, max(5.0, round(0.9 * low, 1))))
+    return results.pressure[list(probe.junction_name_list)].min()
+
+
+def pump_and_valve_nodes(wn: Model) -> set[str]:
+    """Nodes at either end of a pump or valve (suction and discharge sides)."""
+    nodes: set[str] = set()
+    for _, link in [*wn.pumps(), *wn.valves()]:
+        nodes.update((link.start_node_name, link.end_node_name))
+    return nodes
+
+
+def inflow_junctions(wn: Model) -> list[str]:
+    """Junctions whose base demands sum negative: inflows the model treats as sources."""
+    return [
+        str(name)
+        for name, junction in wn.junctions()
+        if sum(d.base_value for d in junction.demand_timeseries_list) < 0
+    ]
 
 
 def source_nodes(wn: Model) -> Sequence[str]:

@@ -11,22 +11,23 @@ How the "real" network differs from the utility's model (all documented figures)
   weather drift over days (AR(1), phi 0.8, sd 2 %) and weekends at 95 %. Inflows (negative base
   demands) are kept as modelled.
 - Pipes: roughness coefficients differ from the model by a factor N(1, 2 %) per pipe.
-- Leaks: on pipes chosen with probability proportional to length (not the pipes at tanks or
-  reservoirs), never in the first ``leak_free_days``. Size log-uniform between
-  max(0.5 L/s, 0.2 % of mean demand) and max(4 x that, 4 % of mean demand). Half abrupt (a
-  step), half incipient (a linear ramp over 6 h to 5 days, log-uniform). Half are repaired after
-  1-10 days (log-uniform), the rest run to the end. A leak is a demand at a junction splitting
+- Leaks: on pipes chosen with probability proportional to length, between junctions with at
+  least 5 m of pressure (not at tanks, reservoirs, pumps or valves), never in the first
+  ``leak_free_days``. Size log-uniform between max(0.5 L/s, 0.2 % of mean demand) and
+  max(4 x that, 4 % of mean demand). Half abrupt (a step), half incipient (a linear ramp over
+  6 h to 5 days, log-uniform). Half are repaired after 1-10 days (log-uniform), the rest run to
+  the end. A leak is a demand at a junction splitting
   the pipe at its midpoint; under PDD its outflow falls where pressure falls below the required
   pressure, and the truth records the outflow EPANET delivered.
-- Sensors: pressure sd 0.1 m plus a fixed offset per sensor sd 0.1 m, quantised to 0.01 m; flow
-  sd 1 % quantised to 0.00001 m³/s (0.01 L/s); tank level sd 0.01 m quantised to 0.001 m. 0.2 % of
-  readings are lost at random and each sensor has outages of 1-6 h (about one per 30 days).
+- PDD: minimum pressure 0 m, required pressure from the network (see ``required_pressure``).
+- Sensors: placement and noise in sensors.py; water quality (``--quality``) in contamination.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +37,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from civica.domains.water import contamination
 from civica.domains.water import network as engine
+from civica.domains.water.sensors import (
+    Sensor,
+    add_sensor_noise,
+    hydraulic_values,
+    place_sensors,
+    sensor_count,
+    spread_junctions,
+)
 
 DAY_S = 86400
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -48,17 +58,12 @@ DAY_SIGMA = 0.03
 DRIFT_PHI, DRIFT_SIGMA = 0.8, 0.02
 WEEKEND_FACTOR = 0.95
 ROUGHNESS_SIGMA = 0.02
+SERVED_MIN_M = 5.0
 
 # Leak sizes and timing.
 LEAK_MIN_M3S, LEAK_MIN_SHARE, LEAK_MAX_SHARE = 0.0005, 0.002, 0.04
 RAMP_S = (6 * 3600.0, 5 * DAY_S)
 REPAIR_S = (1 * DAY_S, 10 * DAY_S)
-
-# Sensor noise: (kind, unit, sigma, relative?, quantum).
-PRESSURE_SIGMA, PRESSURE_OFFSET_SIGMA, PRESSURE_QUANTUM = 0.1, 0.1, 0.01
-FLOW_REL_SIGMA, FLOW_QUANTUM = 0.01, 1e-5
-LEVEL_SIGMA, LEVEL_QUANTUM = 0.01, 0.001
-LOSS_RATE, OUTAGES_PER_DAY, OUTAGE_S = 0.002, 1 / 30, (3600, 6 * 3600)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class ScenarioConfig:
     leak_free_days: int = 2
     sensors: int | None = None  # pressure sensors; None scales with the network
     quality: bool = False
+    injections: int | None = None  # contaminant injections with --quality; None scales
     start: datetime = DEFAULT_START
 
     def check(self) -> None:
@@ -87,16 +93,6 @@ class ScenarioConfig:
             raise engine.WaterInputError("--leak-free-days must be shorter than --days")
         if self.sensors is not None and self.sensors < 1:
             raise engine.WaterInputError("--sensors must be at least 1")
-
-
-@dataclass(frozen=True)
-class Sensor:
-    """One sensor as written to sensors.csv."""
-
-    sensor_id: str
-    kind: str  # pressure | flow | level | quality
-    element: str
-    unit: str
 
 
 @dataclass(frozen=True)
@@ -124,20 +120,20 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     config.check()
     path = engine.resolve_network(config.network)
     nominal = engine.load_network(path)
-    seeds = np.random.SeedSequence(config.seed).spawn(5)
-    rng_demand, rng_pipes, rng_leaks, rng_sensors, rng_quality = (
-        np.random.default_rng(s) for s in seeds
+    streams = np.random.SeedSequence(config.seed).spawn(6)
+    rng_demand, rng_pipes, rng_leaks, rng_sensors, rng_quality, rng_noise = (
+        np.random.default_rng(s) for s in streams
     )
-    del rng_quality  # reserved so --quality never shifts the other streams
     duration = config.days * DAY_S
     times = np.arange(0, duration, config.step_s)
-    progress("Checking the network", 0, 1)
-    required = engine.pick_required_pressure(nominal)
-    facts = engine.network_facts(nominal)
+    progress("Preparing the network", 0, 1)
+    lowest = engine.probe_pressure(nominal)
     demand = realistic_demand(nominal, times, config.start, rng_demand)
-    progress("Checking the network", 1, 1)
-
+    required = required_pressure(lowest, list(demand.columns))
+    served = served_junctions(nominal, lowest)
+    facts = engine.network_facts(nominal)
     truth_model = engine.copy_network(nominal)
+    engine.no_quality(truth_model)
     engine.set_timing(truth_model, duration, config.step_s)
     engine.set_pressure_driven(truth_model, required)
     engine.set_demands(truth_model, demand, config.step_s)
@@ -145,23 +141,47 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         truth_model,
         {p: float(max(0.5, rng_pipes.normal(1, ROUGHNESS_SIGMA))) for p in facts.pipes},
     )
-    leaks = draw_leaks(facts, config, demand, rng_leaks)
+    leaks = draw_leaks(facts, served, config, demand, rng_leaks)
     for leak in leaks:
         engine.add_leak(truth_model, leak.pipe, leak.node, leak.flow, config.step_s)
+    wanted = config.sensors if config.sensors is not None else sensor_count(len(facts.junctions))
+    spread = spread_junctions(nominal, served or list(facts.junctions), wanted, rng_sensors)
+    sensors = place_sensors(facts, spread, config.quality)
+    chlorine_sources = treatment_sources(nominal, facts)
+    dose = contamination.dose_pattern(len(times), config.step_s, rng_quality)
+    if config.quality:
+        _chlorine(truth_model, chlorine_sources, dose, config.step_s)
+    progress("Preparing the network", 1, 1)
 
     stage = f"Simulating {config.days} days of {path.stem}"
-    results = engine.simulate(truth_model, lambda t: progress(stage, t, duration))
-    progress(stage, duration, duration)
+    with tempfile.TemporaryDirectory(prefix="civica-scenario-") as tmp:
+        hydraulics = Path(tmp) / "run.hyd"
 
-    sensors = place_sensors(nominal, facts, config.sensors, rng_sensors)
-    clean = sensor_values(sensors, results, times)
-    readings = add_sensor_noise(clean, sensors, config.step_s, rng_sensors)
+        def advance(phase: str, now: int) -> None:
+            part = 0.5 if config.quality else 1.0
+            done = now * part + (duration * part if phase == "quality" else 0)
+            progress(stage, done, duration)
+
+        results = engine.simulate(
+            truth_model, advance, save_hydraulics=hydraulics if config.quality else None
+        )
+        clean = hydraulic_values(sensors, results, times)
+        injections: list[contamination.Injection] = []
+        if config.quality:
+            clean, injections, observable = _quality(
+                config, truth_model, results, hydraulics, sensors, served, rng_quality
+            )
+    progress(stage, duration, duration)
+    readings = add_sensor_noise(clean, sensors, config.step_s, rng_noise)
 
     progress("Writing files", 0, 1)
     out.mkdir(parents=True, exist_ok=True)
     written = engine.copy_network(nominal)
+    engine.no_quality(written)
     engine.set_timing(written, duration, config.step_s)
     engine.set_pressure_driven(written, required)
+    if config.quality:
+        _chlorine(written, chlorine_sources, np.ones(len(times)), config.step_s)
     engine.write_network(written, out / "network.inp")
     write_readings(readings, config.start, out / "readings.csv")
     pd.DataFrame([s.__dict__ for s in sensors]).to_csv(out / "sensors.csv", index=False)
@@ -169,9 +189,77 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     outflow.columns = pd.Index([leak.pipe for leak in leaks])
     write_readings(outflow.clip(lower=0.0), config.start, out / "leak_flows.csv")
     truth = truth_record(config, path.stem, leaks, outflow)
+    truth["injections"] = [
+        {
+            "node": i.node,
+            "start": iso(config.start, i.start_s),
+            "end": iso(config.start, i.end_s),
+            "contaminant": i.contaminant.name,
+            "mass_rate": round(i.mass_rate, 3),
+            "mass_rate_unit": "mg/min",
+            "observable": seen,
+        }
+        for i, seen in (zip(injections, observable, strict=True) if config.quality else [])
+    ]
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     progress("Writing files", 1, 1)
     return truth
+
+
+def _chlorine(wn: engine.Model, sources: list[str], dose: np.ndarray, step_s: int) -> None:
+    engine.set_chlorine(
+        wn,
+        dict.fromkeys(sources, contamination.CHLORINE_SET_POINT_MG_L),
+        dose,
+        step_s,
+        bulk_per_day=contamination.CHLORINE_BULK_PER_DAY,
+        wall_m_per_day=contamination.CHLORINE_WALL_M_PER_DAY,
+        initial_mg_l=contamination.CHLORINE_INITIAL_MG_L,
+    )
+
+
+def _quality(
+    config: ScenarioConfig,
+    truth_model: engine.Model,
+    results: engine.Results,
+    hydraulics: Path,
+    sensors: list[Sensor],
+    served: list[str],
+    rng: np.random.Generator,
+) -> tuple[pd.DataFrame, list[contamination.Injection], list[bool]]:
+    """Contaminant run on the saved hydraulics; station values joined to the other sensors."""
+    assert results.quality is not None
+    graph_links = {
+        name: (u, v) for name, (u, v, _) in engine.network_graph(truth_model).graph["links"].items()
+    }
+    times = np.arange(0, config.days * DAY_S, config.step_s)
+    passing = contamination.throughput(results.flow, graph_links, served)
+    count = config.injections if config.injections is not None else max(2, config.days // 5)
+    first = config.leak_free_days * DAY_S
+    duration = config.days * DAY_S
+    injections = contamination.draw_injections(count, passing, first, duration, config.step_s, rng)
+    polluted = engine.copy_network(truth_model)
+    engine.set_contaminant(
+        polluted, [(i.node, i.mass_rate, i.shape(times)) for i in injections], config.step_s
+    )
+    spread = engine.simulate(polluted, use_hydraulics=hydraulics)
+    assert spread.quality is not None
+    stations = [s.element for s in sensors if s.kind == "quality" and s.unit == "mg/L"]
+    total = results.demand.reindex(times).clip(lower=0).sum(axis=1).to_numpy()
+    shape = (total - total.min()) / max(float(np.ptp(total)), 1e-12)
+    values = contamination.station_values(
+        stations,
+        results.quality.reindex(times),
+        spread.quality.reindex(times),
+        injections,
+        shape,
+        rng,
+    )
+    seen = [
+        contamination.observable(i, spread.quality, stations, config.step_s) for i in injections
+    ]
+    hydraulic = hydraulic_values(sensors, results, times)
+    return hydraulic.join(values)[[s.sensor_id for s in sensors]], injections, seen
 
 
 def iso(start: datetime, seconds: float) -> str:
@@ -211,8 +299,28 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
+def required_pressure(lowest: pd.Series, demand_junctions: list[str]) -> float:
+    """A PDD required pressure (m) the network meets nearly everywhere in normal operation.
+
+    The 5th percentile of the lowest daily pressure at demand junctions, times 0.9, capped at
+    20 m (a common service standard) and floored at 5 m so that a badly designed network
+    still gets a sensible pressure-demand curve.
+    """
+    values = lowest.reindex(demand_junctions).dropna()
+    low = float(np.percentile(values if len(values) else lowest, 5))
+    return float(min(20.0, max(5.0, round(0.9 * low, 1))))
+
+
+def served_junctions(wn: engine.Model, lowest: pd.Series) -> list[str]:
+    """Junctions with at least 5 m of pressure all day, away from pump and valve ends: where
+    leaks happen and loggers go (not on a pump's suction side or a dry hilltop)."""
+    skip = engine.pump_and_valve_nodes(wn)
+    return [str(j) for j, p in lowest.items() if p >= SERVED_MIN_M and j not in skip]
+
+
 def draw_leaks(
     facts: engine.NetworkFacts,
+    served: list[str],
     config: ScenarioConfig,
     demand: pd.DataFrame,
     rng: np.random.Generator,
@@ -220,15 +328,19 @@ def draw_leaks(
     """Choose leak pipes, sizes and timing (see the module docstring)."""
     if config.leaks == 0:
         return []
-    inlets = set(facts.inlet_links)
+    inlets, ok = set(facts.inlet_links), set(served)
     pipes = [
         p
         for p in facts.pipes
-        if facts.pipe_open[p] and facts.pipe_lengths[p] > 1 and p not in inlets
+        if facts.pipe_open[p]
+        and facts.pipe_lengths[p] > 1
+        and p not in inlets
+        and set(facts.pipe_ends[p]) <= ok
     ]
     if len(pipes) < config.leaks:
         raise engine.WaterInputError(
-            f"{config.network}: {config.leaks} leaks asked for but only {len(pipes)} pipes fit"
+            f"{config.network}: {config.leaks} leaks asked for but only {len(pipes)} pipes "
+            "between served junctions can take one"
         )
     lengths = np.array([facts.pipe_lengths[p] for p in pipes])
     chosen = rng.choice(len(pipes), size=config.leaks, replace=False, p=lengths / lengths.sum())
@@ -239,10 +351,10 @@ def draw_leaks(
     first = config.leak_free_days * DAY_S
     last = max(first, duration - DAY_S // 2)
     times = np.arange(0, duration, step)
+    taken = set(facts.nodes)
     leaks = []
     for n, index in enumerate(sorted(chosen)):
-        start = int(rng.uniform(first, last) // step * step)
-        start = max(start, first)
+        start = max(first, int(rng.uniform(first, last) // step * step))
         end = duration
         if rng.random() < 0.5:
             end = min(duration, start + int(_log_uniform(rng, *REPAIR_S) // step * step))
@@ -250,87 +362,17 @@ def draw_leaks(
         ramp = _log_uniform(rng, *RAMP_S) if kind == "incipient" else float(step)
         size = _log_uniform(rng, low, high)
         shape = np.clip((times - start + step) / ramp, 0, 1) * (times < end)
-        leaks.append(Leak(pipes[index], f"LEAK{n + 1}", kind, start, end, size * shape))
+        node = f"LEAK{n + 1}"
+        while node in taken:  # the network may use such names itself
+            node += "x"
+        taken.add(node)
+        leaks.append(Leak(pipes[index], node, kind, start, end, size * shape))
     return leaks
 
 
-def sensor_count(junctions: int) -> int:
-    """Pressure sensors for a network: about 1.2 √junctions, 3 to 48."""
-    return max(3, min(48, round(1.2 * math.sqrt(junctions))))
-
-
-def place_sensors(
-    wn: engine.Model,
-    facts: engine.NetworkFacts,
-    count: int | None,
-    rng: np.random.Generator,
-) -> list[Sensor]:
-    """Pressure sensors spread by farthest-point sampling on network distance, flow meters on
-    the links at tanks and reservoirs, and a level sensor in every tank."""
-    import networkx as nx
-
-    graph = engine.network_graph(wn)
-    junctions = list(facts.junctions)
-    wanted = min(len(junctions), count if count is not None else sensor_count(len(junctions)))
-    chosen = [junctions[int(rng.integers(len(junctions)))]]
-    nearest = dict.fromkeys(junctions, math.inf)
-    while len(chosen) < wanted:
-        reach = nx.single_source_dijkstra_path_length(graph, chosen[-1], weight="length")
-        for j in junctions:
-            nearest[j] = min(nearest[j], reach.get(j, math.inf))
-        # Unreachable junctions (isolated by closed links) are never chosen.
-        far = max(
-            (j for j in junctions if math.isfinite(nearest[j]) and j not in chosen),
-            key=lambda j: nearest[j],
-            default=None,
-        )
-        if far is None:
-            break
-        chosen.append(far)
-    sensors = [Sensor(f"P_{j}", "pressure", j, "m") for j in sorted(chosen, key=junctions.index)]
-    sensors += [Sensor(f"F_{link}", "flow", link, "m3/s") for link in facts.inlet_links]
-    sensors += [Sensor(f"L_{tank}", "level", tank, "m") for tank in facts.tanks]
-    return sensors
-
-
-def sensor_values(
-    sensors: list[Sensor], results: engine.Results, times: np.ndarray
-) -> pd.DataFrame:
-    """Exact simulated values per sensor: pressure head and tank level (m), flow (m³/s)."""
-    columns = {}
-    for s in sensors:
-        source = results.flow if s.kind == "flow" else results.pressure
-        columns[s.sensor_id] = source[s.element].reindex(times).to_numpy(dtype=float)
-    return pd.DataFrame(columns, index=pd.Index(times, name="time_s"))
-
-
-def add_sensor_noise(
-    clean: pd.DataFrame, sensors: list[Sensor], step_s: int, rng: np.random.Generator
-) -> pd.DataFrame:
-    """Noise, offsets, quantisation and lost readings (see the module docstring)."""
-    noisy = clean.copy()
-    rows = len(clean)
-    for s in sensors:
-        values = clean[s.sensor_id].to_numpy(dtype=float)
-        if s.kind == "pressure":
-            offset = rng.normal(0, PRESSURE_OFFSET_SIGMA)
-            values = values + offset + rng.normal(0, PRESSURE_SIGMA, rows)
-            quantum = PRESSURE_QUANTUM
-        elif s.kind == "flow":
-            values = values * (1 + rng.normal(0, FLOW_REL_SIGMA, rows))
-            quantum = FLOW_QUANTUM
-        else:
-            values = values + rng.normal(0, LEVEL_SIGMA, rows)
-            quantum = LEVEL_QUANTUM
-        values = np.round(values / quantum) * quantum
-        values[rng.random(rows) < LOSS_RATE] = np.nan
-        outages = rng.poisson(OUTAGES_PER_DAY * rows * step_s / DAY_S)
-        for _ in range(outages):
-            first = int(rng.integers(rows))
-            length = int(rng.integers(OUTAGE_S[0], OUTAGE_S[1] + 1) // step_s)
-            values[first : first + length] = np.nan
-        noisy[s.sensor_id] = values
-    return noisy
+def treatment_sources(wn: engine.Model, facts: engine.NetworkFacts) -> list[str]:
+    """Where chlorine is dosed: reservoirs and inflow junctions, else tanks."""
+    return [*facts.reservoirs, *engine.inflow_junctions(wn)] or list(facts.tanks)
 
 
 def write_readings(frame: pd.DataFrame, start: datetime, path: Path) -> None:
