@@ -1,0 +1,151 @@
+"""The scenario generator: the file contract, leaks that are real, quality events."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from civica.cli import main
+from civica.domains.water import network as engine
+from civica.domains.water.files import UNITS, load_scenario
+from civica.domains.water.scenario import ScenarioConfig, generate
+
+STAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
+
+
+@pytest.fixture(scope="module")
+def leaky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("leaky")
+    return out, generate(ScenarioConfig("Net3", days=3, leaks=2, seed=7), out)
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same seed without leaks: same demand, sensors and noise."""
+    out = tmp_path_factory.mktemp("dry")
+    generate(ScenarioConfig("Net3", days=3, leaks=0, seed=7), out)
+    return out
+
+
+def test_files_follow_the_contract(leaky: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = leaky
+    with (out / "sensors.csv").open() as handle:
+        sensors = list(csv.DictReader(handle))
+    assert list(sensors[0]) == ["sensor_id", "kind", "element", "unit"]
+    network = engine.load_network(out / "network.inp")
+    for s in sensors:
+        assert s["unit"] in UNITS[s["kind"]]
+        names = network.link_name_list if s["kind"] == "flow" else network.node_name_list
+        assert s["element"] in names
+    kinds = {s["kind"] for s in sensors}
+    assert kinds == {"pressure", "flow", "level"}
+    with (out / "readings.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["timestamp", *(s["sensor_id"] for s in sensors)]
+    stamps = [row[0] for row in rows[1:]]
+    assert all(STAMP.match(t) for t in stamps)
+    times = pd.to_datetime(stamps, utc=True)
+    assert len(times) == 3 * 96 and times.is_monotonic_increasing
+    assert set(np.diff(times.asi8)) == {np.diff(times.asi8)[0]}
+    assert (times[1] - times[0]).total_seconds() == 900
+    scenario = load_scenario(out)  # the detectors' reader accepts it as it is
+    assert scenario.notes == () and scenario.step_s == 900
+
+
+def test_written_network_is_the_nominal_one(leaky: tuple[Path, dict[str, Any]]) -> None:
+    out, truth = leaky
+    written = engine.load_network(out / "network.inp")
+    original = engine.load_network(engine.resolve_network("Net3"))
+    assert sorted(written.node_name_list) == sorted(original.node_name_list)
+    assert sorted(written.link_name_list) == sorted(original.link_name_list)
+    assert all(leak["pipe"] in written.pipe_name_list for leak in truth["leaks"])
+
+
+def test_leaks_are_recorded_after_the_leak_free_days(leaky: tuple[Path, dict[str, Any]]) -> None:
+    out, truth = leaky
+    assert truth["network"] == "Net3" and truth["days"] == 3 and truth["injections"] == []
+    assert len(truth["leaks"]) == 2
+    quiet_until = pd.Timestamp(truth["start"]) + pd.Timedelta(days=truth["leak_free_days"])
+    flows = pd.read_csv(out / "leak_flows.csv", index_col="timestamp", parse_dates=True)
+    for leak in truth["leaks"]:
+        start, end = pd.Timestamp(leak["start"]), pd.Timestamp(leak["end"])
+        assert quiet_until <= start < end
+        assert leak["kind"] in ("abrupt", "incipient")
+        assert leak["peak_flow"] > 0
+        outflow = flows[leak["pipe"]]
+        assert outflow[outflow.index < start].max() == 0
+        assert outflow.max() == pytest.approx(leak["peak_flow"], rel=1e-3)
+
+
+def test_pressure_drops_near_a_leak(leaky: tuple[Path, dict[str, Any]], dry: Path) -> None:
+    out, truth = leaky
+    scenario = load_scenario(out)
+    without = load_scenario(dry)
+    graph = engine.network_graph(scenario.network)
+    first = min(truth["leaks"], key=lambda leak: leak["start"])
+    # The logger nearest to the leak along the network, by its node's nearest link.
+    nearest = min(
+        scenario.of_kind("pressure"),
+        key=lambda s: min(
+            engine.link_distance(graph, first["pipe"], link)
+            for link, (u, v, _) in graph.graph["links"].items()
+            if scenario.element(s) in (u, v)
+        ),
+    )
+    start = pd.Timestamp(first["start"])
+    change = scenario.readings[nearest] - without.readings[nearest]
+    before = change[change.index < start].abs().max()
+    # Half a day on: later, the lower tank levels switch pumps on earlier and raise pressure.
+    soon = change[(change.index >= start) & (change.index < start + pd.Timedelta(hours=12))]
+    assert before < 0.02  # same demand, sensors and noise: only quantisation differs
+    assert soon.median() < -0.01 and soon.iloc[-4:].mean() < soon.iloc[:4].mean()
+
+
+def test_quality_scenario_has_stations_and_injections(tmp_path: Path) -> None:
+    truth = generate(
+        ScenarioConfig("Net3", days=3, leaks=1, seed=2, quality=True, injections=2), tmp_path
+    )
+    scenario = load_scenario(tmp_path)
+    chlorine = scenario.of_kind("quality", "mg/L")
+    assert chlorine and len(scenario.of_kind("quality", "uS/cm")) == len(chlorine)
+    values = scenario.readings[chlorine]
+    assert 0 <= values.min().min() and values.max().max() < 1.3  # dosed at 1 mg/L, decays
+    conductivity = scenario.readings[scenario.of_kind("quality", "uS/cm")]
+    assert 300 < conductivity.median().median() < 600
+    quiet_until = pd.Timestamp(truth["start"]) + pd.Timedelta(days=2)
+    assert len(truth["injections"]) == 2
+    for injection in truth["injections"]:
+        assert injection["node"] in scenario.network.junction_name_list
+        assert quiet_until <= pd.Timestamp(injection["start"]) < pd.Timestamp(injection["end"])
+        assert injection["mass_rate"] > 0 and isinstance(injection["observable"], bool)
+
+
+def test_cli_writes_a_scenario_and_refuses_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "net1"
+    args = ["water", "scenario", "--network", "Net1", "--days", "3", "--leaks", "1"]
+    result = runner.invoke(main, [*args, "--seed", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "truth.json").read_text())["leaks"][0]["peak_flow"] > 0
+    bad = runner.invoke(main, ["water", "scenario", "--network", "Nowhere", "--out", str(out)])
+    assert bad.exit_code == 2 and "Nowhere" in bad.output and "Traceback" not in bad.output
+    short = runner.invoke(main, [*args, "--leak-free-days", "3", "--out", str(out)])
+    assert short.exit_code == 2 and "--leak-free-days" in short.output
+
+
+@pytest.mark.parametrize("name", ["Net2", "ky4"])
+def test_other_shipped_networks_simulate(name: str, tmp_path: Path) -> None:
+    """Networks without reservoirs (Net2) or with zero duration (ky4) still make scenarios."""
+    truth = generate(ScenarioConfig(name, days=1, leaks=1, leak_free_days=0, seed=1), tmp_path)
+    scenario = load_scenario(tmp_path)
+    pressure = scenario.readings[scenario.of_kind("pressure")]
+    assert truth["leaks"][0]["peak_flow"] > 0
+    assert pressure.notna().mean().mean() > 0.9 and pressure.median().min() > 5.0
