@@ -49,7 +49,7 @@ def pipes_within(graph: Any, pipe: str, radius_m: float) -> list[str]:
 def _default_detect(scenario: Scenario, leak_free_days: int) -> list[dict[str, Any]]:
     from civica.domains.water.leaks import detect_leaks
 
-    return detect_leaks(scenario, leak_free_days=leak_free_days)
+    return [r.to_json() for r in detect_leaks(scenario, leak_free_days=leak_free_days)]
 
 
 class LeakWatch:
@@ -67,6 +67,7 @@ class LeakWatch:
         sensors: pd.DataFrame,
         refs: Sequence[SensorRef],
         *,
+        directory: Path,
         tenant: str = "",
         name: str = "network",
         step_s: int = 900,
@@ -75,6 +76,7 @@ class LeakWatch:
         detect: Detect = _default_detect,
     ) -> None:
         self.ingest, self.network, self.sensors = ingest, network, sensors
+        self.directory = directory  # holds the network.inp the model-based search runs on
         self.tenant, self.name, self.step_s = tenant, name, step_s
         self.leak_free_days, self.every, self.detect = leak_free_days, every, detect
         self._sensor_of = {
@@ -156,7 +158,7 @@ class LeakWatch:
         frame = frame.reindex(columns=[str(s) for s in self.sensors["sensor_id"]])
         grid = pd.date_range(frame.index[0], frame.index[-1], freq=f"{self.step_s}s")
         frame = frame.reindex(grid)
-        scenario = Scenario(Path("."), self.network, self.sensors, frame, self.step_s, ())
+        scenario = Scenario(self.directory, self.network, self.sensors, frame, self.step_s, ())
         alarms = self.detect(scenario, self.leak_free_days)
         since = self._checked_to
         self._checked_to = until

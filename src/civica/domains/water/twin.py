@@ -80,6 +80,7 @@ def run_live(
         scenario.network,
         scenario.sensors,
         refs,
+        directory=scenario.directory,
         tenant=tenant,
         name=name,
         step_s=scenario.step_s,
