@@ -435,3 +435,318 @@ def inflow_junctions(wn: Model) -> list[str]:
 def source_nodes(wn: Model) -> Sequence[str]:
     """Reservoirs and tanks."""
     return [*wn.reservoir_name_list, *wn.tank_name_list]
+
+
+# --- model-based leak localisation ---
+# Owned by the leak detector (leaks.py). Two things are asked of EPANET here: a "tracking" run
+# that follows the real network's tank levels and metered consumption step by step, so that the
+# model predicts what each pressure logger should read if nothing leaked; and the linearised
+# response of every logger to a small leak on every pipe, which says where a leak must be to
+# explain an observed pattern of pressure drops.
+
+_EN_DEMANDMULT = 4  # EPANET option code (toolkit)
+_TANK_TOLERANCE_M = 0.05  # re-sync a model tank only when it drifts this far from the reading
+_FLOW_FLOOR = 5e-4  # m³/s: smallest flow used for a tangent conductance (about a small leak)
+
+
+@dataclass(frozen=True)
+class HydraulicState:
+    """One solved instant: heads (m) and demands (m³/s) per node, flows (m³/s) and settings
+    per link, and which links were shut, in the order of ``LinkTable``."""
+
+    head: np.ndarray
+    demand: np.ndarray
+    flow: np.ndarray
+    setting: np.ndarray
+    shut: np.ndarray
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A tracking run: model pressure at each logger and model level in each tank, per step,
+    and the full solution (in ``LinkTable`` order) at the requested steps."""
+
+    pressure: np.ndarray  # (steps, loggers) m
+    level: np.ndarray  # (steps, tanks) m
+    states: dict[int, HydraulicState]
+
+
+@dataclass(frozen=True)
+class LinkTable:
+    """What the linearisation needs of every node and link, in EPANET index order."""
+
+    nodes: tuple[str, ...]
+    links: tuple[str, ...]
+    start: np.ndarray  # node index of each link's start
+    end: np.ndarray
+    kind: tuple[str, ...]  # pipe | pump | valve
+    resistance: np.ndarray  # pipes: friction r in h = r·Q^n (SI); pumps: curve B
+    exponent: np.ndarray  # pipes: n; pumps: curve C
+    minor: np.ndarray  # pipes: minor-loss r in h = r·Q²
+    power: np.ndarray  # power pumps: W (0 for curve pumps)
+    prv: np.ndarray  # link is a pressure-reducing valve
+    fixed: np.ndarray  # node is a reservoir or tank (fixed head over minutes)
+    elevation: np.ndarray  # m
+    junctions: np.ndarray  # node is a junction
+    pipe_index: np.ndarray  # indices of the pipes among the links
+
+
+def link_table(wn: Model) -> LinkTable:
+    """Node and link data of a model for ``leak_response``."""
+    nodes = tuple(wn.node_name_list)
+    links = tuple(wn.link_name_list)
+    where = {name: i for i, name in enumerate(nodes)}
+    n_links = len(links)
+    resistance, exponent = np.zeros(n_links), np.ones(n_links)
+    minor, power = np.zeros(n_links), np.zeros(n_links)
+    kinds: list[str] = []
+    headloss = str(wn.options.hydraulic.headloss).upper()
+    for i, name in enumerate(links):
+        link = wn.get_link(name)
+        if isinstance(link, wntr.network.Pipe):
+            kinds.append("pipe")
+            length, diameter = float(link.length), float(link.diameter)
+            if headloss == "H-W":
+                resistance[i] = 10.667 * length / (link.roughness**1.852 * diameter**4.871)
+                exponent[i] = 1.852
+            elif headloss == "C-M":
+                resistance[i] = 10.29 * link.roughness**2 * length / diameter**5.333
+                exponent[i] = 2.0
+            else:  # D-W: a typical turbulent friction factor is close enough for a slope
+                resistance[i] = 8.0 * 0.02 * length / (9.81 * math.pi**2 * diameter**5)
+                exponent[i] = 2.0
+            minor[i] = 8.0 * float(link.minor_loss) / (9.81 * math.pi**2 * diameter**4)
+        elif isinstance(link, wntr.network.Pump):
+            kinds.append("pump")
+            if link.pump_type == "POWER":
+                power[i] = float(link.power)
+            else:
+                _, resistance[i], exponent[i] = link.get_head_curve_coefficients()
+        else:
+            kinds.append("valve")
+    return LinkTable(
+        nodes=nodes,
+        links=links,
+        start=np.array([where[wn.get_link(n).start_node_name] for n in links], dtype=int),
+        end=np.array([where[wn.get_link(n).end_node_name] for n in links], dtype=int),
+        kind=tuple(kinds),
+        resistance=resistance,
+        exponent=exponent,
+        minor=minor,
+        power=power,
+        prv=np.array([getattr(wn.get_link(n), "valve_type", "") == "PRV" for n in links]),
+        fixed=np.array([n in set(wn.reservoir_name_list) | set(wn.tank_name_list) for n in nodes]),
+        elevation=np.array(
+            [float(getattr(wn.get_node(n), "elevation", 0.0) or 0.0) for n in nodes]
+        ),
+        junctions=np.array([n in set(wn.junction_name_list) for n in nodes]),
+        pipe_index=np.array([i for i, k in enumerate(kinds) if k == "pipe"], dtype=int),
+    )
+
+
+def track_network(
+    path: Path,
+    table: LinkTable,
+    step_s: int,
+    multiplier: np.ndarray,
+    levels: dict[str, np.ndarray],
+    loggers: Sequence[str],
+    state_steps: Sequence[int] = (),
+) -> Tracking:
+    """Run the model over ``len(multiplier)`` steps with every demand scaled by ``multiplier``
+    (per step) and each tank kept within 5 cm of ``levels`` (m, per step, NaN = unknown);
+    return the pressures (m) the model gives at the ``loggers`` (junction ids)."""
+    import ctypes
+
+    steps = len(multiplier)
+    wanted = set(state_steps)
+    tanks = list(levels)
+    with tempfile.TemporaryDirectory(prefix="civica-track-") as tmp, _quiet():
+        try:
+            engine = ENepanet(version=2.2)
+            engine.ENopen(str(path), str(Path(tmp) / "run.rpt"), str(Path(tmp) / "run.bin"))
+            for code, value in ((1, step_s), (0, (steps - 1) * step_s), (5, step_s)):
+                engine.ENsettimeparam(code, value)  # hydraulic step, duration, report step
+            logger_ix = [engine.ENgetnodeindex(n) for n in loggers]
+            node_ix = [engine.ENgetnodeindex(n) for n in table.nodes]
+            link_ix = [engine.ENgetlinkindex(n) for n in table.links]
+            tank_ix = [engine.ENgetnodeindex(t) for t in tanks]
+            lows = [engine.ENgetnodevalue(i, 20) for i in tank_ix]  # EN_MINLEVEL
+            highs = [engine.ENgetnodevalue(i, 21) for i in tank_ix]  # EN_MAXLEVEL
+            pressure = np.full((steps, len(loggers)), np.nan)
+            level = np.full((steps, len(tanks)), np.nan)
+            states: dict[int, HydraulicState] = {}
+            engine.ENopenH()
+            engine.ENinitH(0)
+            now = 0
+            while True:
+                k = now // step_s
+                if now % step_s == 0 and k < steps:
+                    code = engine.ENlib.EN_setoption(
+                        engine._project,
+                        ctypes.c_int(_EN_DEMANDMULT),
+                        ctypes.c_double(float(multiplier[k])),
+                    )
+                    if code >= 100:
+                        raise SimulationError(f"EPANET refused demand multiplier {multiplier[k]}")
+                    for j, ix in enumerate(tank_ix):
+                        target = float(levels[tanks[j]][k])
+                        current = engine.ENgetnodevalue(ix, 11)  # EN_PRESSURE: tank level
+                        if math.isfinite(target) and abs(current - target) > _TANK_TOLERANCE_M:
+                            engine.ENsetnodevalue(ix, 8, min(max(target, lows[j]), highs[j]))
+                now = engine.ENrunH()
+                k = now // step_s
+                if now % step_s == 0 and k < steps:
+                    pressure[k] = [engine.ENgetnodevalue(i, 11) for i in logger_ix]
+                    level[k] = [engine.ENgetnodevalue(i, 11) for i in tank_ix]
+                    if k in wanted:
+                        states[k] = _solved_state(engine, node_ix, link_ix)
+                if engine.ENnextH() <= 0:
+                    break
+            engine.ENcloseH()
+            engine.ENclose()
+        except EpanetException as err:
+            raise SimulationError(f"EPANET failed while tracking {path.name}: {err}") from err
+    return Tracking(pressure=pressure, level=level, states=states)
+
+
+def _solved_state(engine: Any, nodes: list[int], links: list[int]) -> HydraulicState:
+    """Heads, demands, flows and settings of the given nodes and links (EPANET indices)."""
+    return HydraulicState(
+        head=np.array([engine.ENgetnodevalue(i, 10) for i in nodes]),
+        demand=np.array([engine.ENgetnodevalue(i, 9) for i in nodes]),
+        flow=np.array([engine.ENgetlinkvalue(i, 8) for i in links]),
+        setting=np.array([engine.ENgetlinkvalue(i, 5) for i in links]),
+        shut=np.array([engine.ENgetlinkvalue(i, 11) == 0 for i in links]),
+    )
+
+
+@dataclass(frozen=True)
+class LeakResponse:
+    """Linear response of the loggers around one hydraulic state (m per m³/s or per m).
+
+    ``pipe[i, p]``: pressure change at logger i per m³/s leaking from the middle of pipe p
+    (``LinkTable.pipe_index`` order); ``uniform[i]``: per m³/s of extra consumption spread like
+    the demand; ``tank[i, m]``: per m of level in the m-th requested tank.
+    """
+
+    pipe: np.ndarray
+    uniform: np.ndarray
+    tank: np.ndarray
+
+
+def leak_response(
+    table: LinkTable, state: HydraulicState, loggers: Sequence[str], tanks: Sequence[str]
+) -> LeakResponse:
+    """Linearise the network equations at ``state`` and solve for the loggers' responses.
+
+    Heads of free nodes obey L·δh = B·δH_fixed - δd with L the Laplacian weighted by each
+    link's conductance dQ/dΔH; tanks, reservoirs and active PRV outlets hold their heads. One
+    sparse solve per logger (L is symmetric) gives its response to a demand at every node.
+    """
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    g = _conductances(table, state)
+    fixed = table.fixed.copy()
+    active = (
+        table.prv
+        & ~state.shut
+        & (np.abs(state.head[table.end] - table.elevation[table.end] - state.setting) < 0.05)
+    )
+    fixed[table.end[active]] = True
+    g[active] = 0.0  # an active PRV holds its outlet head; its inlet sees only its flow
+    free = np.flatnonzero(~fixed)
+    position = np.full(len(table.nodes), -1)
+    position[free] = np.arange(len(free))
+    a, b = position[table.start], position[table.end]
+    both = (a >= 0) & (b >= 0) & (g > 0)
+    rows = np.concatenate([a[both], b[both], a[both], b[both]])
+    cols = np.concatenate([a[both], b[both], b[both], a[both]])
+    vals = np.concatenate([g[both], g[both], -g[both], -g[both]])
+    for here, there in ((a, table.end), (b, table.start)):  # links to a fixed head: diagonal only
+        edge = (here >= 0) & (position[there] < 0) & (g > 0)
+        rows = np.concatenate([rows, here[edge]])
+        cols = np.concatenate([cols, here[edge]])
+        vals = np.concatenate([vals, g[edge]])
+    n = len(free)
+    # A tiny leak to ground keeps nodes cut off from every fixed head solvable.
+    lap = sp.csc_matrix((vals, (rows, cols)), shape=(n, n)) + 1e-9 * sp.identity(n, format="csc")
+    index = {name: i for i, name in enumerate(table.nodes)}
+    observe = np.zeros((n, len(loggers)))
+    for j, name in enumerate(loggers):
+        if position[index[name]] >= 0:
+            observe[position[index[name]], j] = 1.0
+    solved = spla.splu(lap).solve(observe)  # (free nodes, loggers) = L⁻¹ columns
+    per_node = np.zeros((len(loggers), len(table.nodes)))
+    per_node[:, free] = -solved.T  # δp at each logger per m³/s drawn at each node
+    pipes = table.pipe_index
+    pipe = 0.5 * (per_node[:, table.start[pipes]] + per_node[:, table.end[pipes]])
+    weights = np.where(table.junctions, np.clip(state.demand, 0.0, None), 0.0)
+    uniform = per_node @ (weights / weights.sum()) if weights.sum() > 0 else np.zeros(len(loggers))
+    tank = np.zeros((len(loggers), len(tanks)))
+    for m, name in enumerate(tanks):
+        t = index[name]
+        for here, there in ((a, table.end), (b, table.start)):
+            edge = (here >= 0) & (there == t) & (g > 0)
+            tank[:, m] += solved[here[edge]].T @ g[edge]
+    return LeakResponse(pipe=pipe, uniform=uniform, tank=tank)
+
+
+def _conductances(table: LinkTable, state: HydraulicState) -> np.ndarray:
+    """dQ/dΔH (m²/s) of every link around ``state``; 0 for shut links."""
+    q = np.maximum(np.abs(state.flow), _FLOW_FLOOR)
+    gain = np.maximum(state.head[table.end] - state.head[table.start], 1e-3)
+    pipe = np.array([k == "pipe" for k in table.kind])
+    pump = np.array([k == "pump" for k in table.kind])
+    slope = np.ones(len(table.links))
+    slope[pipe] = (
+        table.exponent[pipe] * table.resistance[pipe] * q[pipe] ** (table.exponent[pipe] - 1)
+        + 2.0 * table.minor[pipe] * q[pipe]
+    )
+    power = pump & (table.power > 0)
+    slope[power] = gain[power] / q[power]
+    curve = pump & ~power
+    speed = np.where(state.setting[curve] > 0, state.setting[curve], 1.0)
+    slope[curve] = (
+        table.resistance[curve]
+        * table.exponent[curve]
+        * speed ** (2 - table.exponent[curve])
+        * q[curve] ** (table.exponent[curve] - 1)
+    )
+    valve = ~pipe & ~pump  # an open valve: a short pipe following its current headloss
+    drop = np.abs(state.head[table.start] - state.head[table.end])
+    slope[valve] = np.maximum(2.0 * drop[valve], 1e-3) / q[valve]
+    g = 1.0 / np.maximum(slope, 1e-12)
+    g[state.shut] = 0.0
+    return g
+
+
+def inlet_signs(wn: Model, links: Sequence[str]) -> dict[str, int]:
+    """+1 when a link's positive flow leaves a reservoir or tank into the network, -1 when it
+    enters one, 0 when it joins two sources or none (then it says nothing about consumption)."""
+    sources = set(source_nodes(wn))
+    signs = {}
+    for name in links:
+        link = wn.get_link(name)
+        signs[name] = int(link.start_node_name in sources) - int(link.end_node_name in sources)
+    return signs
+
+
+def demand_centre_pipe(wn: Model) -> str:
+    """The pipe whose midpoint is nearest the demand-weighted centroid of the junctions."""
+    weights, points = [], []
+    for _, junction in wn.junctions():
+        base = sum(max(float(d.base_value), 0.0) for d in junction.demand_timeseries_list)
+        weights.append(base)
+        points.append(junction.coordinates)
+    w = np.array(weights) if sum(weights) > 0 else np.ones(len(weights))
+    centre = (np.array(points, dtype=float) * w[:, None]).sum(axis=0) / w.sum()
+    best, gap = "", math.inf
+    for name, pipe in wn.pipes():
+        a = np.array(pipe.start_node.coordinates, dtype=float)
+        b = np.array(pipe.end_node.coordinates, dtype=float)
+        distance = float(np.hypot(*((a + b) / 2 - centre)))
+        if distance < gap:
+            best, gap = name, distance
+    return best
