@@ -139,3 +139,12 @@ def test_score_command_refuses_unknown_pipes(scenario: Path, tmp_path: Path) -> 
     leaks_file.write_text(json.dumps([{"pipe": "11", "detected_at": "2026-01-03T00:00:00"}]))
     result = CliRunner().invoke(main, ["water", "score", str(scenario), str(leaks_file)])
     assert result.exit_code == 2 and "timezone" in result.output
+
+
+def test_score_command_runs_the_night_flow_baseline(scenario: Path) -> None:
+    result = CliRunner().invoke(main, ["water", "score", str(scenario), "--method", "mnf"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["leaks"] == 2
+    assert scored["true_positives"] + scored["false_negatives"] == 2
+    assert scored["reports"] >= scored["true_positives"] + scored["false_positives"]

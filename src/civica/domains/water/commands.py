@@ -103,13 +103,16 @@ def scenario(
 @click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("leaks_file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--method", type=click.Choice(["mnf"]), default=None, help="Run a baseline.")
-def score(scenario_dir: Path, leaks_file: Path | None, method: str | None) -> None:
+@click.option("--leak-free-days", type=int, default=2, show_default=True, help="For --method.")
+def score(
+    scenario_dir: Path, leaks_file: Path | None, method: str | None, leak_free_days: int
+) -> None:
     """Score leak reports (a leaks.json, or a baseline's) against the scenario's truth."""
     from civica.domains.water.scoring import run_baseline, score_files
 
     try:
         if method is not None:
-            detections = run_baseline(method, scenario_dir)
+            detections = run_baseline(method, scenario_dir, leak_free_days)
         elif leaks_file is not None:
             detections = None
         else:

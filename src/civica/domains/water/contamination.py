@@ -88,9 +88,10 @@ def dose_pattern(steps: int, step_s: int, rng: np.random.Generator) -> np.ndarra
     return np.clip(1 + wander, 0.5, 1.5)
 
 
-def throughput(flow: pd.DataFrame, ends: dict[str, tuple[str, str]], nodes: list[str]) -> pd.Series:
-    """Mean water passing each node (m³/s): half the summed absolute flows of its links."""
-    mean_abs = flow.abs().mean()
+def throughput(
+    mean_abs: pd.Series, ends: dict[str, tuple[str, str]], nodes: list[str]
+) -> pd.Series:
+    """Mean water passing each node (m³/s): half the summed mean absolute flows of its links."""
     passing = dict.fromkeys(nodes, 0.0)
     for link, (u, v) in ends.items():
         for node in (u, v):
@@ -179,9 +180,7 @@ def _effect(injections: list[Injection], times: np.ndarray, name: str) -> np.nda
     return np.where(latest >= 0, per_mg_l[np.clip(latest, 0, None)], 0.0)
 
 
-def observable(
-    injection: Injection, contaminant: pd.DataFrame, stations: list[str], step_s: int
-) -> bool:
+def observable(injection: Injection, contaminant: pd.DataFrame, stations: list[str]) -> bool:
     """Whether a station sees this injection move a parameter by five noise deviations."""
     window = contaminant.loc[injection.start_s : injection.end_s + DAY_S, stations]
     if window.empty:

@@ -6,6 +6,7 @@ Everything here works in SI units, as WNTR does internally: m, m³/s, s, mg/L.
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
 import tempfile
 import warnings
@@ -20,7 +21,6 @@ import numpy as np
 import pandas as pd
 import wntr
 from wntr.epanet.exceptions import EpanetException
-from wntr.epanet.io import BinFile
 from wntr.epanet.toolkit import ENepanet
 
 # A WNTR WaterNetworkModel; WNTR is untyped, so the alias only documents intent.
@@ -76,8 +76,64 @@ def load_network(path: str | Path) -> Model:
 
 def write_network(wn: Model, path: str | Path) -> None:
     """Write a model as an .inp in SI units (flows in L/s)."""
-    with _quiet():
-        wntr.network.write_inpfile(wn, str(path), units="LPS")
+    long = _write_stubbed(wn, Path(path))
+    if long:
+        _fill_patterns(Path(path), long)
+
+
+# WNTR formats pattern values one at a time (10 s for a month of per-junction patterns on
+# ky10), so patterns longer than this are written as one-value stubs and then filled in: by
+# one join per pattern in a written file, through the toolkit (EN_setpattern) for a run.
+LONG_PATTERN = 96
+
+
+def _write_stubbed(wn: Model, path: Path) -> dict[str, np.ndarray]:
+    """Write ``wn`` with its long patterns cut to one value; returns their real values."""
+    long = {
+        str(name): np.asarray(pattern.multipliers, dtype=float)
+        for name, pattern in wn.patterns()
+        if len(pattern.multipliers) > LONG_PATTERN
+    }
+    try:
+        for name in long:
+            wn.get_pattern(name).multipliers = [1.0]
+        with _quiet():
+            wntr.network.write_inpfile(wn, str(path), units="LPS", version=2.2)
+    finally:
+        for name, values in long.items():
+            wn.get_pattern(name).multipliers = values.tolist()
+    return long
+
+
+def _load_patterns(engine: Any, long: dict[str, np.ndarray]) -> None:
+    """Give an opened EPANET project the real values of stubbed patterns."""
+    # WNTR wraps neither call; its ENepanet keeps the EPANET 2.2 project handle in _project.
+    lib, project = engine.ENlib, engine._project
+    for name, values in long.items():
+        index = ctypes.c_int()
+        code = lib.EN_getpatternindex(project, name.encode("latin-1"), ctypes.byref(index))
+        data = np.ascontiguousarray(values, dtype=np.float64)
+        pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        code = code or lib.EN_setpattern(project, index, pointer, len(data))
+        if code:
+            raise SimulationError(f"EPANET error {code} setting pattern {name}")
+
+
+def _fill_patterns(path: Path, long: dict[str, np.ndarray]) -> None:
+    """Replace the one-value stubs of ``long`` patterns in an .inp by their values."""
+    lines = path.read_text().split("\n")
+    section = ""
+    for i, line in enumerate(lines):
+        if line.startswith("["):
+            section = line.strip().upper()
+        elif section == "[PATTERNS]" and line.split(" ", 1)[0] in long:
+            name = line.split(" ", 1)[0]
+            values = long[name]
+            lines[i] = "\n".join(
+                name + " " + " ".join(f"{v:.6g}" for v in values[k : k + 12])
+                for k in range(0, len(values), 12)
+            )
+    path.write_text("\n".join(lines))
 
 
 def copy_network(wn: Model) -> Model:
@@ -96,6 +152,7 @@ class NetworkFacts:
     links: tuple[str, ...]
     nodes: tuple[str, ...]
     pipe_ends: dict[str, tuple[str, str]]
+    link_ends: dict[str, tuple[str, str]]
     pipe_lengths: dict[str, float]  # m
     pipe_open: dict[str, bool]  # pipe initially open (not closed, not a check valve)
     inlet_links: tuple[str, ...]  # links touching a reservoir or tank
@@ -121,6 +178,9 @@ def network_facts(wn: Model) -> NetworkFacts:
             p: (wn.get_link(p).start_node_name, wn.get_link(p).end_node_name) for p in pipes
         },
         links=tuple(wn.link_name_list),
+        link_ends={
+            str(name): (link.start_node_name, link.end_node_name) for name, link in wn.links()
+        },
         pipe_lengths={p: float(wn.get_link(p).length) for p in pipes},
         pipe_open={
             p: str(wn.get_link(p).initial_status).upper().endswith("OPEN")
@@ -277,75 +337,120 @@ def add_leak(wn: Model, pipe: str, node: str, flow: np.ndarray, step_s: int) -> 
 
 
 @dataclass(frozen=True)
+class Watch:
+    """What to record from a run, at every multiple of ``step_s``: node pressure (m; the level
+    in tanks), link flow (m³/s), delivered node demand (m³/s), node quality (mg/L)."""
+
+    step_s: int
+    pressure: Sequence[str] = ()
+    flow: Sequence[str] = ()
+    demand: Sequence[str] = ()
+    quality: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
 class Results:
-    """Simulated series indexed by time (s): node pressure (m; level in tanks), link flow
-    (m³/s), delivered node demand (m³/s) and node quality (mg/L) when simulated."""
+    """Recorded series indexed by time (s), one column per watched element."""
 
     pressure: pd.DataFrame
     flow: pd.DataFrame
     demand: pd.DataFrame
-    quality: pd.DataFrame | None
+    quality: pd.DataFrame
 
 
 # Called with the phase ("hydraulics" or "quality") and the simulated time (s) reached.
 EngineProgress = Callable[[str, int], None]
 
+# EPANET toolkit codes (epanet2.h) and the unit of each in an LPS .inp, to SI.
+_PRESSURE, _DEMAND, _QUALITY, _FLOW = 11, 9, 12, 8
+_LPS = 0.001
+
 
 def simulate(
     wn: Model,
+    watch: Watch,
     progress: EngineProgress | None = None,
     *,
     save_hydraulics: Path | None = None,
     use_hydraulics: Path | None = None,
 ) -> Results:
-    """Run EPANET 2.2 on ``wn`` step by step (water quality too unless its parameter is NONE).
+    """Run EPANET 2.2 on ``wn`` step by step and record what ``watch`` asks for.
 
-    ``save_hydraulics`` keeps the hydraulic solution so that another water-quality setting of
-    the same network can be run on it with ``use_hydraulics``, skipping the hydraulics.
+    Water quality runs too unless the model's quality parameter is NONE. Values are read from
+    the solver as it goes rather than from EPANET's binary output, which for a month of a
+    3,000-node network is half a gigabyte. ``save_hydraulics`` keeps the hydraulic solution so
+    another water-quality setting of the same network can run on it (``use_hydraulics``).
     """
     quality = str(wn.options.quality.parameter).upper() != "NONE"
     report = progress or (lambda phase, now: None)
+    hydraulic: dict[int, list[float]] = {}
+    chemistry: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="civica-epanet-") as tmp, _quiet():
-        inp, rpt, out = (str(Path(tmp) / f"run.{ext}") for ext in ("inp", "rpt", "bin"))
+        inp, rpt = str(Path(tmp) / "run.inp"), str(Path(tmp) / "run.rpt")
         try:
-            wntr.network.write_inpfile(wn, inp, units="LPS", version=2.2)
+            long = _write_stubbed(wn, Path(inp))
             engine = ENepanet(version=2.2)
-            engine.ENopen(inp, rpt, out)
+            engine.ENopen(inp, rpt, "")
+            _load_patterns(engine, long)
+            node = {n: engine.ENgetnodeindex(n) for n in {*watch.pressure, *watch.demand}}
+            node.update({n: engine.ENgetnodeindex(n) for n in watch.quality})
+            link = {name: engine.ENgetlinkindex(name) for name in watch.flow}
+
+            def record_h(now: int) -> None:
+                hydraulic[now] = [
+                    *(engine.ENgetnodevalue(node[n], _PRESSURE) for n in watch.pressure),
+                    *(engine.ENgetlinkvalue(link[n], _FLOW) * _LPS for n in watch.flow),
+                    *(engine.ENgetnodevalue(node[n], _DEMAND) * _LPS for n in watch.demand),
+                ]
+
+            def record_q(now: int) -> None:
+                chemistry[now] = [engine.ENgetnodevalue(node[n], _QUALITY) for n in watch.quality]
+
             if use_hydraulics is None:
-                _run_phase(engine, "hydraulics", report)
+                _run_phase(engine, "hydraulics", watch.step_s, record_h, report, quality)
             else:
                 engine.ENusehydfile(str(use_hydraulics))
             if save_hydraulics is not None:
                 engine.ENsavehydfile(str(save_hydraulics))
-            _run_phase(engine, "quality", report if quality else lambda phase, now: None)
-            engine.ENreport()
+            if quality:
+                _run_phase(engine, "quality", watch.step_s, record_q, report, False)
             engine.ENclose()
-            raw = BinFile().read(out, False, wn.options.hydraulic.headloss == "D-W")
         except EpanetException as err:
             raise SimulationError(f"EPANET failed: {err}") from err
-    node, link = raw.node, raw.link
+    columns = [*watch.pressure, *watch.flow, *watch.demand]
+    table = pd.DataFrame.from_dict(hydraulic, orient="index", columns=columns).sort_index()
+    parts = np.cumsum([0, len(watch.pressure), len(watch.flow), len(watch.demand)])
     return Results(
-        pressure=node["pressure"],
-        flow=link["flowrate"],
-        demand=node["demand"],
-        # WNTR hands concentrations over in kg/m³; readings are in mg/L.
-        quality=node["quality"] * 1000.0 if quality else None,
+        pressure=table.iloc[:, parts[0] : parts[1]],
+        flow=table.iloc[:, parts[1] : parts[2]],
+        demand=table.iloc[:, parts[2] : parts[3]],
+        quality=pd.DataFrame.from_dict(chemistry, orient="index", columns=list(watch.quality)),
     )
 
 
-def _run_phase(engine: Any, phase: str, report: EngineProgress) -> None:
-    """Step EPANET's hydraulic or quality solver to the end, reporting the time reached."""
+def _run_phase(
+    engine: Any,
+    phase: str,
+    step_s: int,
+    record: Callable[[int], None],
+    report: EngineProgress,
+    save: bool,
+) -> None:
+    """Step EPANET's hydraulic or quality solver to the end, recording at multiples of step_s."""
     if phase == "hydraulics":
         engine.ENopenH()
-        engine.ENinitH(11)  # re-initialise flows, save results for the quality solver
-        run, step, close = engine.ENrunH, engine.ENnextH, engine.ENcloseH
+        engine.ENinitH(11 if save else 10)  # re-initialise flows; save for the quality solver
+        run, advance, close = engine.ENrunH, engine.ENnextH, engine.ENcloseH
     else:
         engine.ENopenQ()
-        engine.ENinitQ(1)  # save results to the output file
-        run, step, close = engine.ENrunQ, engine.ENnextQ, engine.ENcloseQ
+        engine.ENinitQ(0)
+        run, advance, close = engine.ENrunQ, engine.ENnextQ, engine.ENcloseQ
     while True:
-        report(phase, run())
-        if step() <= 0:
+        now = run()
+        if now % step_s == 0:
+            record(now)
+            report(phase, now)
+        if advance() <= 0:
             break
     close()
 
@@ -405,14 +510,15 @@ def set_contaminant(
         wn.add_source(f"INJ_{n}", node, "MASS", mg_min / 60.0 / 1e6, f"INJ_{n}")
 
 
-def probe_pressure(wn: Model) -> pd.Series:
-    """Lowest pressure (m) at every junction over one nominal day, demand-driven, 1-hour steps."""
-    probe = copy_network(wn)
-    probe.options.hydraulic.demand_model = "DDA"
-    no_quality(probe)
-    set_timing(probe, DAY_S, 3600)
-    results = simulate(probe)
-    return results.pressure[list(probe.junction_name_list)].min()
+def probe(wn: Model) -> tuple[pd.Series, pd.Series]:
+    """One nominal day, demand-driven, at 1-hour steps: the lowest pressure (m) at every
+    junction and the mean absolute flow (m³/s) in every link. Changes ``wn``'s options."""
+    wn.options.hydraulic.demand_model = "DDA"
+    no_quality(wn)
+    set_timing(wn, DAY_S, 3600)
+    watch = Watch(3600, pressure=list(wn.junction_name_list), flow=list(wn.link_name_list))
+    results = simulate(wn, watch)
+    return results.pressure.min(), results.flow.abs().mean()
 
 
 def pump_and_valve_nodes(wn: Model) -> set[str]:

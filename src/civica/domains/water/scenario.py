@@ -40,7 +40,6 @@ import pandas as pd
 from civica.domains.water import contamination
 from civica.domains.water import network as engine
 from civica.domains.water.sensors import (
-    Sensor,
     add_sensor_noise,
     hydraulic_values,
     place_sensors,
@@ -127,12 +126,12 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     duration = config.days * DAY_S
     times = np.arange(0, duration, config.step_s)
     progress("Preparing the network", 0, 1)
-    lowest = engine.probe_pressure(nominal)
+    lowest, mean_flow = engine.probe(engine.load_network(path))
     demand = realistic_demand(nominal, times, config.start, rng_demand)
     required = required_pressure(lowest, list(demand.columns))
     served = served_junctions(nominal, lowest)
     facts = engine.network_facts(nominal)
-    truth_model = engine.copy_network(nominal)
+    truth_model = engine.load_network(path)  # reading is faster than a deep copy
     engine.no_quality(truth_model)
     engine.set_timing(truth_model, duration, config.step_s)
     engine.set_pressure_driven(truth_model, required)
@@ -147,41 +146,74 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     wanted = config.sensors if config.sensors is not None else sensor_count(len(facts.junctions))
     spread = spread_junctions(nominal, served or list(facts.junctions), wanted, rng_sensors)
     sensors = place_sensors(facts, spread, config.quality)
-    chlorine_sources = treatment_sources(nominal, facts)
+    stations = [s.element for s in sensors if s.kind == "quality" and s.unit == "mg/L"]
+    sources = treatment_sources(nominal, facts)
     dose = contamination.dose_pattern(len(times), config.step_s, rng_quality)
     if config.quality:
-        _chlorine(truth_model, chlorine_sources, dose, config.step_s)
+        _chlorine(truth_model, sources, dose, config.step_s)
     progress("Preparing the network", 1, 1)
 
     stage = f"Simulating {config.days} days of {path.stem}"
-    with tempfile.TemporaryDirectory(prefix="civica-scenario-") as tmp:
-        hydraulics = Path(tmp) / "run.hyd"
+    runs = 3 if config.quality else 1  # hydraulics, chlorine, contaminant
 
-        def advance(phase: str, now: int) -> None:
-            part = 0.5 if config.quality else 1.0
-            done = now * part + (duration * part if phase == "quality" else 0)
-            progress(stage, done, duration)
-
-        results = engine.simulate(
-            truth_model, advance, save_hydraulics=hydraulics if config.quality else None
+    def advance(run: int) -> engine.EngineProgress:
+        return lambda phase, now: progress(
+            stage, (run + (phase == "quality")) * duration + now, runs * duration
         )
+
+    watch = engine.Watch(
+        config.step_s,
+        pressure=[s.element for s in sensors if s.kind in ("pressure", "level")],
+        flow=[s.element for s in sensors if s.kind == "flow"],
+        demand=[leak.node for leak in leaks],
+        quality=stations,
+    )
+    with tempfile.TemporaryDirectory(prefix="civica-scenario-") as tmp:
+        hydraulics = Path(tmp) / "run.hyd" if config.quality else None
+        results = engine.simulate(truth_model, watch, advance(0), save_hydraulics=hydraulics)
         clean = hydraulic_values(sensors, results, times)
         injections: list[contamination.Injection] = []
-        if config.quality:
-            clean, injections, observable = _quality(
-                config, truth_model, results, hydraulics, sensors, served, rng_quality
+        seen: list[bool] = []
+        if hydraulics is not None:
+            passing = contamination.throughput(mean_flow, facts.link_ends, served)
+            count = config.injections if config.injections is not None else max(2, config.days // 5)
+            injections = contamination.draw_injections(
+                count, passing, config.leak_free_days * DAY_S, duration, config.step_s, rng_quality
             )
-    progress(stage, duration, duration)
+            # The truth model's hydraulics are saved; a copy would cost seconds on big networks.
+            engine.set_contaminant(
+                truth_model,
+                [(i.node, i.mass_rate, i.shape(times)) for i in injections],
+                config.step_s,
+            )
+            polluted = engine.simulate(
+                truth_model,
+                engine.Watch(config.step_s, quality=stations),
+                advance(2),
+                use_hydraulics=hydraulics,
+            )
+            total = demand.clip(lower=0).sum(axis=1).to_numpy()
+            values = contamination.station_values(
+                stations,
+                results.quality.reindex(times),
+                polluted.quality.reindex(times),
+                injections,
+                (total - total.min()) / max(float(np.ptp(total)), 1e-12),
+                rng_quality,
+            )
+            clean = clean.join(values)[[s.sensor_id for s in sensors]]
+            seen = [contamination.observable(i, polluted.quality, stations) for i in injections]
+    progress(stage, runs * duration, runs * duration)
     readings = add_sensor_noise(clean, sensors, config.step_s, rng_noise)
 
     progress("Writing files", 0, 1)
     out.mkdir(parents=True, exist_ok=True)
-    written = engine.copy_network(nominal)
+    written = engine.load_network(path)
     engine.no_quality(written)
     engine.set_timing(written, duration, config.step_s)
     engine.set_pressure_driven(written, required)
     if config.quality:
-        _chlorine(written, chlorine_sources, np.ones(len(times)), config.step_s)
+        _chlorine(written, sources, np.ones(len(times)), config.step_s)
     engine.write_network(written, out / "network.inp")
     write_readings(readings, config.start, out / "readings.csv")
     pd.DataFrame([s.__dict__ for s in sensors]).to_csv(out / "sensors.csv", index=False)
@@ -197,9 +229,9 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
             "contaminant": i.contaminant.name,
             "mass_rate": round(i.mass_rate, 3),
             "mass_rate_unit": "mg/min",
-            "observable": seen,
+            "observable": observable,
         }
-        for i, seen in (zip(injections, observable, strict=True) if config.quality else [])
+        for i, observable in zip(injections, seen, strict=True)
     ]
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     progress("Writing files", 1, 1)
@@ -216,50 +248,6 @@ def _chlorine(wn: engine.Model, sources: list[str], dose: np.ndarray, step_s: in
         wall_m_per_day=contamination.CHLORINE_WALL_M_PER_DAY,
         initial_mg_l=contamination.CHLORINE_INITIAL_MG_L,
     )
-
-
-def _quality(
-    config: ScenarioConfig,
-    truth_model: engine.Model,
-    results: engine.Results,
-    hydraulics: Path,
-    sensors: list[Sensor],
-    served: list[str],
-    rng: np.random.Generator,
-) -> tuple[pd.DataFrame, list[contamination.Injection], list[bool]]:
-    """Contaminant run on the saved hydraulics; station values joined to the other sensors."""
-    assert results.quality is not None
-    graph_links = {
-        name: (u, v) for name, (u, v, _) in engine.network_graph(truth_model).graph["links"].items()
-    }
-    times = np.arange(0, config.days * DAY_S, config.step_s)
-    passing = contamination.throughput(results.flow, graph_links, served)
-    count = config.injections if config.injections is not None else max(2, config.days // 5)
-    first = config.leak_free_days * DAY_S
-    duration = config.days * DAY_S
-    injections = contamination.draw_injections(count, passing, first, duration, config.step_s, rng)
-    polluted = engine.copy_network(truth_model)
-    engine.set_contaminant(
-        polluted, [(i.node, i.mass_rate, i.shape(times)) for i in injections], config.step_s
-    )
-    spread = engine.simulate(polluted, use_hydraulics=hydraulics)
-    assert spread.quality is not None
-    stations = [s.element for s in sensors if s.kind == "quality" and s.unit == "mg/L"]
-    total = results.demand.reindex(times).clip(lower=0).sum(axis=1).to_numpy()
-    shape = (total - total.min()) / max(float(np.ptp(total)), 1e-12)
-    values = contamination.station_values(
-        stations,
-        results.quality.reindex(times),
-        spread.quality.reindex(times),
-        injections,
-        shape,
-        rng,
-    )
-    seen = [
-        contamination.observable(i, spread.quality, stations, config.step_s) for i in injections
-    ]
-    hydraulic = hydraulic_values(sensors, results, times)
-    return hydraulic.join(values)[[s.sensor_id for s in sensors]], injections, seen
 
 
 def iso(start: datetime, seconds: float) -> str:

@@ -30,7 +30,6 @@ Rules, applied to the reports in time order:
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import statistics
@@ -119,9 +118,11 @@ def score_detections(
     delays = {
         i: (d.detected_at - leaks[i].start).total_seconds() / 3600 for i, (d, _) in found.items()
     }
-    savings = sum(EUR_PER_M3 * leaks[i].volume_after(d.detected_at) for i, (d, _) in found.items())
+    savings = sum(
+        (EUR_PER_M3 * leaks[i].volume_after(d.detected_at) for i, (d, _) in found.items()), 0.0
+    )
     cost = EUR_PER_FALSE_ALARM * false_alarms
-    best = sum(EUR_PER_M3 * leak.volume_after(leak.start) for leak in leaks)
+    best = sum((EUR_PER_M3 * leak.volume_after(leak.start) for leak in leaks), 0.0)
     return {
         "leaks": len(leaks),
         "reports": len(detections),
@@ -245,15 +246,12 @@ def score_files(
     return score_detections(true_leaks(directory, truth), reports, distance)
 
 
-def run_baseline(method: str, directory: Path) -> list[dict[str, Any]]:
+def run_baseline(method: str, directory: Path, leak_free_days: int = 2) -> list[dict[str, Any]]:
     """Reports from a built-in baseline detector run on the scenario's input files."""
     from civica.domains.water.files import load_scenario
 
     if method != "mnf":
         raise WaterInputError(f"unknown baseline {method!r}")
-    try:  # by name: the baseline lives in the detector's module, which may not exist yet
-        night_flow = importlib.import_module("civica.domains.water.night_flow")
-    except ImportError as err:
-        raise WaterInputError("the minimum-night-flow baseline is not available yet") from err
-    reports: list[dict[str, Any]] = night_flow.detect_mnf(load_scenario(directory))
-    return reports
+    from civica.domains.water.night_flow import detect_mnf  # the detector's module, lazily
+
+    return detect_mnf(load_scenario(directory), leak_free_days=leak_free_days)
