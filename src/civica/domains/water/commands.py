@@ -97,6 +97,11 @@ def scenario(
             raise _fail(err) from err
     leaks_text = ", ".join(f"{x['pipe']} ({x['peak_flow'] * 1000:.2f} L/s)" for x in truth["leaks"])
     console.print(f"Scenario written to {out}: leaks on {leaks_text or 'no pipes'}")
+    if truth.get("unbalanced_steps"):
+        console.print(
+            f"[yellow]EPANET could not balance {truth['unbalanced_steps']} hydraulic steps "
+            "and carried on from the last solution there"
+        )
 
 
 @water.command()

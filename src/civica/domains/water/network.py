@@ -288,6 +288,10 @@ def set_pressure_driven(wn: Model, required_m: float, minimum_m: float = 0.0) ->
     """Pressure-driven demand (EPANET 2.2 PDD): full demand at ``required_m`` head, none below
     ``minimum_m``, square-root in between."""
     h = wn.options.hydraulic
+    # A month of noisy demand can leave a step unsolved; EPANET's default then ends the whole
+    # run without an error, so carry on with the last solution and count those steps instead.
+    h.unbalanced = "CONTINUE"
+    h.unbalanced_value = 10
     h.demand_model = "PDD"
     h.required_pressure = required_m
     h.minimum_pressure = minimum_m
@@ -356,6 +360,7 @@ class Results:
     flow: pd.DataFrame
     demand: pd.DataFrame
     quality: pd.DataFrame
+    unbalanced_steps: int  # hydraulic steps EPANET could not balance (it went on regardless)
 
 
 # Called with the phase ("hydraulics" or "quality") and the simulated time (s) reached.
@@ -406,8 +411,11 @@ def simulate(
             def record_q(now: int) -> None:
                 chemistry[now] = [engine.ENgetnodevalue(node[n], _QUALITY) for n in watch.quality]
 
+            unbalanced = 0
             if use_hydraulics is None:
-                _run_phase(engine, "hydraulics", watch.step_s, record_h, report, quality)
+                unbalanced = _run_phase(
+                    engine, "hydraulics", watch.step_s, record_h, report, quality
+                )
             else:
                 engine.ENusehydfile(str(use_hydraulics))
             if save_hydraulics is not None:
@@ -425,6 +433,7 @@ def simulate(
         flow=table.iloc[:, parts[1] : parts[2]],
         demand=table.iloc[:, parts[2] : parts[3]],
         quality=pd.DataFrame.from_dict(chemistry, orient="index", columns=list(watch.quality)),
+        unbalanced_steps=unbalanced,
     )
 
 
@@ -435,8 +444,9 @@ def _run_phase(
     record: Callable[[int], None],
     report: EngineProgress,
     save: bool,
-) -> None:
-    """Step EPANET's hydraulic or quality solver to the end, recording at multiples of step_s."""
+) -> int:
+    """Step EPANET's hydraulic or quality solver to the end, recording at multiples of step_s;
+    returns how many steps ended with EPANET's warning 1 (hydraulically unbalanced)."""
     if phase == "hydraulics":
         engine.ENopenH()
         engine.ENinitH(11 if save else 10)  # re-initialise flows; save for the quality solver
@@ -445,14 +455,21 @@ def _run_phase(
         engine.ENopenQ()
         engine.ENinitQ(0)
         run, advance, close = engine.ENrunQ, engine.ENnextQ, engine.ENcloseQ
+    unbalanced = 0
+    duration = int(engine.ENgettimeparam(0))  # EN_DURATION
     while True:
         now = run()
+        if engine.errcode == 1:
+            unbalanced += 1
         if now % step_s == 0:
             record(now)
             report(phase, now)
         if advance() <= 0:
             break
     close()
+    if now < duration:
+        raise SimulationError(f"EPANET stopped the {phase} at {now} s of {duration} s")
+    return unbalanced
 
 
 def set_chlorine(
@@ -552,6 +569,7 @@ def source_nodes(wn: Model) -> Sequence[str]:
 
 _EN_DEMANDMULT = 4  # EPANET option code (toolkit)
 _TANK_TOLERANCE_M = 0.05  # re-sync a model tank only when it drifts this far from the reading
+_TANK_SNAP_M = 0.03  # a reading this close to a tank's limit means full (or empty)
 _FLOW_FLOOR = 5e-4  # m³/s: smallest flow used for a tangent conductance (about a small leak)
 
 
@@ -679,6 +697,7 @@ def track_network(
             tank_ix = [engine.ENgetnodeindex(t) for t in tanks]
             lows = [engine.ENgetnodevalue(i, 20) for i in tank_ix]  # EN_MINLEVEL
             highs = [engine.ENgetnodevalue(i, 21) for i in tank_ix]  # EN_MAXLEVEL
+            switches = _level_controls(engine, tanks)
             pressure = np.full((steps, len(loggers)), np.nan)
             level = np.full((steps, len(tanks)), np.nan)
             states: dict[int, HydraulicState] = {}
@@ -696,10 +715,14 @@ def track_network(
                     if code >= 100:
                         raise SimulationError(f"EPANET refused demand multiplier {multiplier[k]}")
                     for j, ix in enumerate(tank_ix):
-                        target = float(levels[tanks[j]][k])
+                        target, tolerance = _tank_target(
+                            float(levels[tanks[j]][k]), lows[j], highs[j]
+                        )
                         current = engine.ENgetnodevalue(ix, 11)  # EN_PRESSURE: tank level
-                        if math.isfinite(target) and abs(current - target) > _TANK_TOLERANCE_M:
-                            engine.ENsetnodevalue(ix, 8, min(max(target, lows[j]), highs[j]))
+                        if math.isfinite(target) and abs(current - target) > tolerance:
+                            engine.ENsetnodevalue(ix, 8, target)
+                    for switch in switches:
+                        switch.apply(engine, float(levels[switch.tank][k]))
                 now = engine.ENrunH()
                 k = now // step_s
                 if now % step_s == 0 and k < steps:
@@ -714,6 +737,72 @@ def track_network(
         except EpanetException as err:
             raise SimulationError(f"EPANET failed while tracking {path.name}: {err}") from err
     return Tracking(pressure=pressure, level=level, states=states)
+
+
+def _tank_target(level: float, low: float, high: float) -> tuple[float, float]:
+    """The level (m) to hold a model tank at and the drift (m) tolerated before resetting it.
+
+    A tank reading within the noise of its minimum or maximum is empty or full: the model tank
+    is held exactly there, or EPANET would keep it filling (or draining) the network.
+    """
+    if level >= high - _TANK_SNAP_M:
+        return high, 1e-3
+    if level <= low + _TANK_SNAP_M:
+        return low, 1e-3
+    return level, _TANK_TOLERANCE_M
+
+
+@dataclass(frozen=True)
+class _LevelSwitch:
+    """A simple control "LINK x setting IF tank BELOW/ABOVE level", taken out of EPANET and
+    applied on the *measured* level: a model tank only follows the readings to within a few
+    centimetres, enough to leave a pump in the wrong state for hours inside its hysteresis."""
+
+    link: int  # EPANET index
+    kind: int  # EPANET link type (2 = pump, 3+ = valve)
+    setting: float
+    tank: str
+    level: float  # m
+    below: bool
+
+    def apply(self, engine: Any, level: float) -> None:
+        """Switch the link if the measured level meets the condition."""
+        if not math.isfinite(level):
+            return
+        if (self.below and level > self.level) or (not self.below and level < self.level):
+            return
+        if self.setting == 0:
+            engine.ENsetlinkvalue(self.link, 11, 0.0)  # EN_STATUS closed
+        elif self.kind >= 2:
+            engine.ENsetlinkvalue(self.link, 5, self.setting)  # EN_SETTING: speed or valve
+        else:
+            engine.ENsetlinkvalue(self.link, 11, 1.0)
+
+
+def _level_controls(engine: Any, tanks: Sequence[str]) -> list[_LevelSwitch]:
+    """Remove EPANET's tank-level controls on measured tanks and return them as switches."""
+    measured = set(tanks)
+    switches = []
+    for i in range(engine.ENgetcount(5), 0, -1):  # EN_CONTROLCOUNT; delete from the end
+        control = engine.ENgetcontrol(i)
+        if control["type"] not in (0, 1) or not control["nodeindex"]:
+            continue
+        tank = engine.ENgetnodeid(control["nodeindex"])
+        if tank not in measured:
+            continue
+        link = control["linkindex"]
+        switches.append(
+            _LevelSwitch(
+                link=link,
+                kind=engine.ENgetlinktype(link),
+                setting=float(control["setting"]),
+                tank=tank,
+                level=float(control["level"]),
+                below=control["type"] == 0,
+            )
+        )
+        engine.ENdeletecontrol(i)
+    return switches[::-1]
 
 
 def _solved_state(engine: Any, nodes: list[int], links: list[int]) -> HydraulicState:

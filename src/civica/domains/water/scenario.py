@@ -221,6 +221,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     outflow.columns = pd.Index([leak.pipe for leak in leaks])
     write_readings(outflow.clip(lower=0.0), config.start, out / "leak_flows.csv")
     truth = truth_record(config, path.stem, leaks, outflow)
+    truth["unbalanced_steps"] = results.unbalanced_steps  # EPANET went on without balance
     truth["injections"] = [
         {
             "node": i.node,
