@@ -145,3 +145,31 @@ def test_quality_watch_is_quiet_without_an_event(store: Store, ingest: Ingest) -
 def test_unknown_sensor_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="no reading for kind"):
         sensor_refs([{"sensor_id": "X", "kind": "pressure", "element": "J1", "unit": "psi"}])
+
+
+@pytest.mark.slow
+def test_leak_watch_raises_what_the_batch_detector_finds(
+    tmp_path: Path, store: Store, ingest: Ingest
+) -> None:
+    """Streaming = batch: the live watch's alerts are the detector's reports on the full record."""
+    from datetime import timedelta
+
+    from civica.domains.water.files import load_scenario
+    from civica.domains.water.leaks import detect_leaks
+    from civica.domains.water.scenario import ScenarioConfig, generate
+    from civica.domains.water.twin import run_live
+
+    generate(ScenarioConfig("Net3", days=4, leaks=1, seed=11), tmp_path / "net3")
+    batch = {
+        (r.pipe, r.detected_at.strftime("%Y-%m-%dT%H:%M"))
+        for r in detect_leaks(load_scenario(tmp_path / "net3"), 2)
+    }
+    alerts = run_live(str(tmp_path / "net3"), ingest, every=timedelta(hours=12))["leak"]
+    live = {(a["candidateArea"]["value"]["pipe"], a["dateIssued"]["value"][:16]) for a in alerts}
+    assert batch, "the scenario's leak should give the batch detector something to report"
+    assert live == batch
+    stored = _alerts(store, "leakSuspected")
+    assert {a["id"] for a in stored} == {a["id"] for a in alerts}
+    for alert in stored:
+        area = alert["candidateArea"]["value"]  # type: ignore[index]
+        assert area["pipe"] in area["pipes"]  # the reported pipe is inside its own area
