@@ -527,15 +527,15 @@ def set_contaminant(
         wn.add_source(f"INJ_{n}", node, "MASS", mg_min / 60.0 / 1e6, f"INJ_{n}")
 
 
-def probe(wn: Model) -> tuple[pd.Series, pd.Series]:
-    """One nominal day, demand-driven, at 1-hour steps: the lowest pressure (m) at every
-    junction and the mean absolute flow (m³/s) in every link. Changes ``wn``'s options."""
+def probe(wn: Model) -> tuple[pd.DataFrame, pd.Series]:
+    """One nominal day, demand-driven, at 1-hour steps: the pressure (m) at every junction
+    hour by hour and the mean absolute flow (m³/s) in every link. Changes ``wn``'s options."""
     wn.options.hydraulic.demand_model = "DDA"
     no_quality(wn)
     set_timing(wn, DAY_S, 3600)
     watch = Watch(3600, pressure=list(wn.junction_name_list), flow=list(wn.link_name_list))
     results = simulate(wn, watch)
-    return results.pressure.min(), results.flow.abs().mean()
+    return results.pressure, results.flow.abs().mean()
 
 
 def pump_and_valve_nodes(wn: Model) -> set[str]:

@@ -14,11 +14,13 @@ How the "real" network differs from the utility's model (all documented figures)
 - Leaks: on pipes chosen with probability proportional to length, between junctions with at
   least 5 m of pressure (not at tanks, reservoirs, pumps or valves), never in the first
   ``leak_free_days``. Size log-uniform between max(0.5 L/s, 0.2 % of mean demand) and
-  max(4 x that, 4 % of mean demand). Half abrupt (a step), half incipient (a linear ramp over
-  6 h to 5 days, log-uniform). Half are repaired after 1-10 days (log-uniform), the rest run to
-  the end. A leak is a demand at a junction splitting
-  the pipe at its midpoint; under PDD its outflow falls where pressure falls below the required
-  pressure, and the truth records the outflow EPANET delivered.
+  max(4 x that, 4 % of mean demand), the mean outflow once fully developed; through the day
+  the outflow follows the orifice law sqrt(p / mean p) on the model's nominal pressure at the
+  pipe. Half abrupt (a step), half incipient (a linear ramp over 6 h to 5 days, log-uniform).
+  Half are repaired after 1-10 days (log-uniform), the rest run to the end. A leak is a demand
+  at a junction splitting the pipe at its midpoint; under PDD its outflow also falls where
+  pressure falls below the required pressure, and the truth records the outflow EPANET
+  delivered (``peak_flow`` is its maximum).
 - PDD: minimum pressure 0 m, required pressure from the network (see ``required_pressure``).
 - Sensors: placement and noise in sensors.py; water quality (``--quality``) in contamination.py.
 """
@@ -126,7 +128,8 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     duration = config.days * DAY_S
     times = np.arange(0, duration, config.step_s)
     progress("Preparing the network", 0, 1)
-    lowest, mean_flow = engine.probe(engine.load_network(path))
+    daily, mean_flow = engine.probe(engine.load_network(path))
+    lowest = daily.min()
     demand = realistic_demand(nominal, times, config.start, rng_demand)
     required = required_pressure(lowest, list(demand.columns))
     served = served_junctions(nominal, lowest)
@@ -140,7 +143,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         truth_model,
         {p: float(max(0.5, rng_pipes.normal(1, ROUGHNESS_SIGMA))) for p in facts.pipes},
     )
-    leaks = draw_leaks(facts, served, config, demand, rng_leaks)
+    leaks = draw_leaks(facts, served, config, demand, daily, rng_leaks)
     for leak in leaks:
         engine.add_leak(truth_model, leak.pipe, leak.node, leak.flow, config.step_s)
     wanted = config.sensors if config.sensors is not None else sensor_count(len(facts.junctions))
@@ -307,14 +310,24 @@ def served_junctions(wn: engine.Model, lowest: pd.Series) -> list[str]:
     return [str(j) for j, p in lowest.items() if p >= SERVED_MIN_M and j not in skip]
 
 
+def orifice_factor(daily: pd.DataFrame, ends: tuple[str, str], times: np.ndarray) -> np.ndarray:
+    """sqrt(p(t) / mean p) at a pipe's midpoint (the mean of its ends) from the nominal daily
+    pressure, hour by hour: an orifice leaks more at night, when pressure is high."""
+    hourly = daily[list(ends)].mean(axis=1).to_numpy()[:24].clip(min=0.1)
+    factor: np.ndarray = np.sqrt(hourly[(times % DAY_S // 3600).astype(int)] / hourly.mean())
+    return factor
+
+
 def draw_leaks(
     facts: engine.NetworkFacts,
     served: list[str],
     config: ScenarioConfig,
     demand: pd.DataFrame,
+    daily: pd.DataFrame,
     rng: np.random.Generator,
 ) -> list[Leak]:
-    """Choose leak pipes, sizes and timing (see the module docstring)."""
+    """Choose leak pipes, sizes and timing (see the module docstring); ``daily`` is the
+    nominal pressure (m) per junction hour by hour over a day, for the orifice law."""
     if config.leaks == 0:
         return []
     inlets, ok = set(facts.inlet_links), set(served)
@@ -351,6 +364,7 @@ def draw_leaks(
         ramp = _log_uniform(rng, *RAMP_S) if kind == "incipient" else float(step)
         size = _log_uniform(rng, low, high)
         shape = np.clip((times - start + step) / ramp, 0, 1) * (times < end)
+        shape = shape * orifice_factor(daily, facts.pipe_ends[pipes[index]], times)
         node = f"LEAK{n + 1}"
         while node in taken:  # the network may use such names itself
             node += "x"
