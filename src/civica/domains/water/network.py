@@ -5,7 +5,6 @@ Everything here works in SI units, as WNTR does internally: m, m³/s, s, mg/L.
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import math
 import tempfile
@@ -134,11 +133,6 @@ def _fill_patterns(path: Path, long: dict[str, np.ndarray]) -> None:
                 for k in range(0, len(values), 12)
             )
     path.write_text("\n".join(lines))
-
-
-def copy_network(wn: Model) -> Model:
-    """An independent copy of a model."""
-    return copy.deepcopy(wn)
 
 
 @dataclass(frozen=True)

@@ -121,19 +121,22 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     config.check()
     path = engine.resolve_network(config.network)
     nominal = engine.load_network(path)
-    streams = np.random.SeedSequence(config.seed).spawn(6)
-    rng_demand, rng_pipes, rng_leaks, rng_sensors, rng_quality, rng_noise = (
-        np.random.default_rng(s) for s in streams
+    rng = dict(
+        zip(
+            ("demand", "pipes", "leaks", "sensors", "quality", "noise"),
+            (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(6)),
+            strict=True,
+        )
     )
     duration = config.days * DAY_S
     times = np.arange(0, duration, config.step_s)
     progress("Preparing the network", 0, 1)
     daily, mean_flow = engine.probe(engine.load_network(path))
-    lowest = daily.min()
-    demand = realistic_demand(nominal, times, config.start, rng_demand)
-    required = required_pressure(lowest, list(demand.columns))
-    served = served_junctions(nominal, lowest)
+    demand = realistic_demand(nominal, times, config.start, rng["demand"])
+    required = required_pressure(daily.min(), list(demand.columns))
+    served = served_junctions(nominal, daily.min())
     facts = engine.network_facts(nominal)
+    leaks = draw_leaks(facts, served, config, demand, daily, rng["leaks"])
     truth_model = engine.load_network(path)  # reading is faster than a deep copy
     engine.no_quality(truth_model)
     engine.set_timing(truth_model, duration, config.step_s)
@@ -141,17 +144,16 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     engine.set_demands(truth_model, demand, config.step_s)
     engine.scale_roughness(
         truth_model,
-        {p: float(max(0.5, rng_pipes.normal(1, ROUGHNESS_SIGMA))) for p in facts.pipes},
+        {p: float(max(0.5, rng["pipes"].normal(1, ROUGHNESS_SIGMA))) for p in facts.pipes},
     )
-    leaks = draw_leaks(facts, served, config, demand, daily, rng_leaks)
     for leak in leaks:
         engine.add_leak(truth_model, leak.pipe, leak.node, leak.flow, config.step_s)
     wanted = config.sensors if config.sensors is not None else sensor_count(len(facts.junctions))
-    spread = spread_junctions(nominal, served or list(facts.junctions), wanted, rng_sensors)
+    spread = spread_junctions(nominal, served or list(facts.junctions), wanted, rng["sensors"])
     sensors = place_sensors(facts, spread, config.quality)
     stations = [s.element for s in sensors if s.kind == "quality" and s.unit == "mg/L"]
     sources = treatment_sources(nominal, facts)
-    dose = contamination.dose_pattern(len(times), config.step_s, rng_quality)
+    dose = contamination.dose_pattern(len(times), config.step_s, rng["quality"])
     if config.quality:
         _chlorine(truth_model, sources, dose, config.step_s)
     progress("Preparing the network", 1, 1)
@@ -171,19 +173,24 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         demand=[leak.node for leak in leaks],
         quality=stations,
     )
+    injections: list[contamination.Injection] = []
+    seen: list[bool] = []
     with tempfile.TemporaryDirectory(prefix="civica-scenario-") as tmp:
         hydraulics = Path(tmp) / "run.hyd" if config.quality else None
         results = engine.simulate(truth_model, watch, advance(0), save_hydraulics=hydraulics)
         clean = hydraulic_values(sensors, results, times)
-        injections: list[contamination.Injection] = []
-        seen: list[bool] = []
         if hydraulics is not None:
             passing = contamination.throughput(mean_flow, facts.link_ends, served)
             count = config.injections if config.injections is not None else max(2, config.days // 5)
             injections = contamination.draw_injections(
-                count, passing, config.leak_free_days * DAY_S, duration, config.step_s, rng_quality
+                count,
+                passing,
+                config.leak_free_days * DAY_S,
+                duration,
+                config.step_s,
+                rng["quality"],
             )
-            # The truth model's hydraulics are saved; a copy would cost seconds on big networks.
+            # The truth model's hydraulics are saved: it can carry the contaminant now.
             engine.set_contaminant(
                 truth_model,
                 [(i.node, i.mass_rate, i.shape(times)) for i in injections],
@@ -202,12 +209,11 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
                 polluted.quality.reindex(times),
                 injections,
                 (total - total.min()) / max(float(np.ptp(total)), 1e-12),
-                rng_quality,
+                rng["quality"],
             )
             clean = clean.join(values)[[s.sensor_id for s in sensors]]
             seen = [contamination.observable(i, polluted.quality, stations) for i in injections]
     progress(stage, runs * duration, runs * duration)
-    readings = add_sensor_noise(clean, sensors, config.step_s, rng_noise)
 
     progress("Writing files", 0, 1)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,25 +224,16 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     if config.quality:
         _chlorine(written, sources, np.ones(len(times)), config.step_s)
     engine.write_network(written, out / "network.inp")
+    readings = add_sensor_noise(clean, sensors, config.step_s, rng["noise"])
     write_readings(readings, config.start, out / "readings.csv")
     pd.DataFrame([s.__dict__ for s in sensors]).to_csv(out / "sensors.csv", index=False)
     outflow = results.demand.reindex(index=times)[[leak.node for leak in leaks]]
     outflow.columns = pd.Index([leak.pipe for leak in leaks])
     write_readings(outflow.clip(lower=0.0), config.start, out / "leak_flows.csv")
-    truth = truth_record(config, path.stem, leaks, outflow)
+    truth = truth_record(
+        config, path.stem, leaks, outflow, list(zip(injections, seen, strict=True))
+    )
     truth["unbalanced_steps"] = results.unbalanced_steps  # EPANET went on without balance
-    truth["injections"] = [
-        {
-            "node": i.node,
-            "start": iso(config.start, i.start_s),
-            "end": iso(config.start, i.end_s),
-            "contaminant": i.contaminant.name,
-            "mass_rate": round(i.mass_rate, 3),
-            "mass_rate_unit": "mg/min",
-            "observable": observable,
-        }
-        for i, observable in zip(injections, seen, strict=True)
-    ]
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     progress("Writing files", 1, 1)
     return truth
@@ -387,7 +384,11 @@ def write_readings(frame: pd.DataFrame, start: datetime, path: Path) -> None:
 
 
 def truth_record(
-    config: ScenarioConfig, name: str, leaks: list[Leak], outflow: pd.DataFrame
+    config: ScenarioConfig,
+    name: str,
+    leaks: list[Leak],
+    outflow: pd.DataFrame,
+    injections: list[tuple[contamination.Injection, bool]],
 ) -> dict[str, Any]:
     """The truth.json document."""
     return {
@@ -407,5 +408,16 @@ def truth_record(
             }
             for leak in leaks
         ],
-        "injections": [],
+        "injections": [
+            {
+                "node": i.node,
+                "start": iso(config.start, i.start_s),
+                "end": iso(config.start, i.end_s),
+                "contaminant": i.contaminant.name,
+                "mass_rate": round(i.mass_rate, 3),
+                "mass_rate_unit": "mg/min",
+                "observable": observable,
+            }
+            for i, observable in injections
+        ],
     }
