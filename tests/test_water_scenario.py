@@ -149,3 +149,16 @@ def test_other_shipped_networks_simulate(name: str, tmp_path: Path) -> None:
     pressure = scenario.readings[scenario.of_kind("pressure")]
     assert truth["leaks"][0]["peak_flow"] > 0
     assert pressure.notna().mean().mean() > 0.9 and pressure.median().min() > 5.0
+
+
+def test_same_seed_same_scenario_and_other_steps(tmp_path: Path) -> None:
+    config = ScenarioConfig("Net1", days=2, leaks=1, leak_free_days=1, seed=9, sensors=5)
+    generate(config, tmp_path / "a")
+    generate(config, tmp_path / "b")
+    for name in ("readings.csv", "sensors.csv", "truth.json", "network.inp"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert len(load_scenario(tmp_path / "a").of_kind("pressure")) == 5
+    fine = ScenarioConfig("Net1", days=2, leaks=1, leak_free_days=1, seed=9, step_s=300)
+    generate(fine, tmp_path / "c")
+    scenario = load_scenario(tmp_path / "c")
+    assert scenario.step_s == 300 and len(scenario.readings) == 2 * 288

@@ -76,8 +76,7 @@ def load_network(path: str | Path) -> Model:
 def write_network(wn: Model, path: str | Path) -> None:
     """Write a model as an .inp in SI units (flows in L/s)."""
     long = _write_stubbed(wn, Path(path))
-    if long:
-        _fill_patterns(Path(path), long)
+    _fill_patterns(Path(path), long)
 
 
 # WNTR formats pattern values one at a time (10 s for a month of per-junction patterns on
@@ -119,8 +118,13 @@ def _load_patterns(engine: Any, long: dict[str, np.ndarray]) -> None:
 
 
 def _fill_patterns(path: Path, long: dict[str, np.ndarray]) -> None:
-    """Replace the one-value stubs of ``long`` patterns in an .inp by their values."""
-    lines = path.read_text().split("\n")
+    """Replace the one-value stubs of ``long`` patterns in an .inp by their values, and drop
+    WNTR's file name and clock time so that the same model always gives the same file."""
+    lines = [
+        line
+        for line in path.read_text().split("\n")
+        if not line.startswith(("; Filename:", "; Created:"))
+    ]
     section = ""
     for i, line in enumerate(lines):
         if line.startswith("["):
@@ -565,6 +569,25 @@ _EN_DEMANDMULT = 4  # EPANET option code (toolkit)
 _TANK_TOLERANCE_M = 0.05  # re-sync a model tank only when it drifts this far from the reading
 _TANK_SNAP_M = 0.03  # a reading this close to a tank's limit means full (or empty)
 _FLOW_FLOOR = 5e-4  # m³/s: smallest flow used for a tangent conductance (about a small leak)
+# m³/s per unit of each EPANET flow-unit code (CFS, GPM, MGD, IMGD, AFD, LPS, LPM, MLD, CMH, CMD)
+_FLOW_UNITS = (0.0283168, 6.30902e-5, 0.0438126, 0.0526168, 0.0142764, 1e-3, 1 / 60000, 0.0115741)
+_FLOW_UNITS_CMH_CMD = (1 / 3600, 1 / 86400)
+
+
+@dataclass(frozen=True)
+class _Units:
+    """SI per unit of what the toolkit reports for a project (it speaks the .inp's units)."""
+
+    flow: float  # m³/s
+    length: float  # m (heads, elevations, levels)
+    pressure: float  # m of head
+
+    @classmethod
+    def of(cls, engine: Any) -> _Units:
+        code = int(engine.ENgetflowunits())
+        flow = (_FLOW_UNITS + _FLOW_UNITS_CMH_CMD)[code]
+        us = code <= 4  # US customary: feet and psi
+        return cls(flow=flow, length=0.3048 if us else 1.0, pressure=0.70307 if us else 1.0)
 
 
 @dataclass(frozen=True)
@@ -689,9 +712,11 @@ def track_network(
             node_ix = [engine.ENgetnodeindex(n) for n in table.nodes]
             link_ix = [engine.ENgetlinkindex(n) for n in table.links]
             tank_ix = [engine.ENgetnodeindex(t) for t in tanks]
-            lows = [engine.ENgetnodevalue(i, 20) for i in tank_ix]  # EN_MINLEVEL
-            highs = [engine.ENgetnodevalue(i, 21) for i in tank_ix]  # EN_MAXLEVEL
-            switches = _level_controls(engine, tanks)
+            units = _Units.of(engine)
+            lows = [engine.ENgetnodevalue(i, 20) * units.length for i in tank_ix]  # EN_MINLEVEL
+            highs = [engine.ENgetnodevalue(i, 21) * units.length for i in tank_ix]  # EN_MAXLEVEL
+            floors = [engine.ENgetnodevalue(i, 0) * units.length for i in tank_ix]  # EN_ELEVATION
+            switches = _level_controls(engine, tanks, units)
             pressure = np.full((steps, len(loggers)), np.nan)
             level = np.full((steps, len(tanks)), np.nan)
             states: dict[int, HydraulicState] = {}
@@ -712,25 +737,29 @@ def track_network(
                         target, tolerance = _tank_target(
                             float(levels[tanks[j]][k]), lows[j], highs[j]
                         )
-                        current = engine.ENgetnodevalue(ix, 11)  # EN_PRESSURE: tank level
+                        current = engine.ENgetnodevalue(ix, 10) * units.length - floors[j]
                         if math.isfinite(target) and abs(current - target) > tolerance:
-                            engine.ENsetnodevalue(ix, 8, target)
+                            engine.ENsetnodevalue(ix, 8, target / units.length)  # EN_TANKLEVEL
                     for switch in switches:
                         switch.apply(engine, float(levels[switch.tank][k]))
                 now = engine.ENrunH()
                 k = now // step_s
                 if now % step_s == 0 and k < steps:
                     pressure[k] = [engine.ENgetnodevalue(i, 11) for i in logger_ix]
-                    level[k] = [engine.ENgetnodevalue(i, 11) for i in tank_ix]
+                    level[k] = [engine.ENgetnodevalue(i, 10) for i in tank_ix]
                     if k in wanted:
-                        states[k] = _solved_state(engine, node_ix, link_ix)
+                        states[k] = _solved_state(engine, node_ix, link_ix, units)
                 if engine.ENnextH() <= 0:
                     break
             engine.ENcloseH()
             engine.ENclose()
         except EpanetException as err:
             raise SimulationError(f"EPANET failed while tracking {path.name}: {err}") from err
-    return Tracking(pressure=pressure, level=level, states=states)
+    return Tracking(
+        pressure=pressure * units.pressure,
+        level=level * units.length - np.array(floors),
+        states=states,
+    )
 
 
 def _tank_target(level: float, low: float, high: float) -> tuple[float, float]:
@@ -773,7 +802,7 @@ class _LevelSwitch:
             engine.ENsetlinkvalue(self.link, 11, 1.0)
 
 
-def _level_controls(engine: Any, tanks: Sequence[str]) -> list[_LevelSwitch]:
+def _level_controls(engine: Any, tanks: Sequence[str], units: _Units) -> list[_LevelSwitch]:
     """Remove EPANET's tank-level controls on measured tanks and return them as switches."""
     measured = set(tanks)
     switches = []
@@ -791,7 +820,7 @@ def _level_controls(engine: Any, tanks: Sequence[str]) -> list[_LevelSwitch]:
                 kind=engine.ENgetlinktype(link),
                 setting=float(control["setting"]),
                 tank=tank,
-                level=float(control["level"]),
+                level=float(control["level"]) * units.length,
                 below=control["type"] == 0,
             )
         )
@@ -799,13 +828,16 @@ def _level_controls(engine: Any, tanks: Sequence[str]) -> list[_LevelSwitch]:
     return switches[::-1]
 
 
-def _solved_state(engine: Any, nodes: list[int], links: list[int]) -> HydraulicState:
-    """Heads, demands, flows and settings of the given nodes and links (EPANET indices)."""
+def _solved_state(engine: Any, nodes: list[int], links: list[int], units: _Units) -> HydraulicState:
+    """Heads (m), demands and flows (m³/s), settings (valves: m; pumps: speed) of the given
+    nodes and links (EPANET indices)."""
+    valve = np.array([engine.ENgetlinktype(i) >= 3 for i in links])
+    setting = np.array([engine.ENgetlinkvalue(i, 5) for i in links])
     return HydraulicState(
-        head=np.array([engine.ENgetnodevalue(i, 10) for i in nodes]),
-        demand=np.array([engine.ENgetnodevalue(i, 9) for i in nodes]),
-        flow=np.array([engine.ENgetlinkvalue(i, 8) for i in links]),
-        setting=np.array([engine.ENgetlinkvalue(i, 5) for i in links]),
+        head=np.array([engine.ENgetnodevalue(i, 10) for i in nodes]) * units.length,
+        demand=np.array([engine.ENgetnodevalue(i, 9) for i in nodes]) * units.flow,
+        flow=np.array([engine.ENgetlinkvalue(i, 8) for i in links]) * units.flow,
+        setting=np.where(valve, setting * units.pressure, setting),
         shut=np.array([engine.ENgetlinkvalue(i, 11) == 0 for i in links]),
     )
 
@@ -845,6 +877,7 @@ def leak_response(
     )
     fixed[table.end[active]] = True
     g[active] = 0.0  # an active PRV holds its outlet head; its inlet sees only its flow
+    fixed |= _cut_off(table, g, fixed)
     free = np.flatnonzero(~fixed)
     position = np.full(len(table.nodes), -1)
     position[free] = np.arange(len(free))
@@ -880,6 +913,23 @@ def leak_response(
             edge = (here >= 0) & (there == t) & (g > 0)
             tank[:, m] += solved[here[edge]].T @ g[edge]
     return LeakResponse(pipe=pipe, uniform=uniform, tank=tank)
+
+
+def _cut_off(table: LinkTable, g: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Nodes joined to no fixed head through open links (behind a shut pump or valve): they
+    get no supply, so they neither respond to nor reveal a leak; treating them as fixed keeps
+    the system well posed."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(table.nodes)
+    open_ = g > 0
+    graph = coo_matrix((np.ones(int(open_.sum())), (table.start[open_], table.end[open_])), (n, n))
+    _, label = connected_components(graph, directed=False)
+    anchored = np.zeros(label.max() + 1, dtype=bool)
+    anchored[label[fixed]] = True
+    cut: np.ndarray = ~anchored[label]
+    return cut
 
 
 def _conductances(table: LinkTable, state: HydraulicState) -> np.ndarray:
