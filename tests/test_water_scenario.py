@@ -92,10 +92,11 @@ def test_pressure_drops_near_a_leak(leaky: tuple[Path, dict[str, Any]], dry: Pat
     graph = engine.network_graph(scenario.network)
     first = min(truth["leaks"], key=lambda leak: leak["start"])
     # The logger nearest to the leak along the network, by its node's nearest link.
+    away = engine.distances_from_link(graph, first["pipe"])
     nearest = min(
         scenario.of_kind("pressure"),
         key=lambda s: min(
-            engine.link_distance(graph, first["pipe"], link)
+            away[link]
             for link, (u, v, _) in graph.graph["links"].items()
             if scenario.element(s) in (u, v)
         ),

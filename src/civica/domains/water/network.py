@@ -358,7 +358,7 @@ class Results:
     flow: pd.DataFrame
     demand: pd.DataFrame
     quality: pd.DataFrame
-    unbalanced_steps: int  # hydraulic steps EPANET could not balance (it went on regardless)
+    unbalanced: tuple[int, ...]  # times (s) EPANET could not balance (it went on regardless)
 
 
 # Called with the phase ("hydraulics" or "quality") and the simulated time (s) reached.
@@ -409,7 +409,7 @@ def simulate(
             def record_q(now: int) -> None:
                 chemistry[now] = [engine.ENgetnodevalue(node[n], _QUALITY) for n in watch.quality]
 
-            unbalanced = 0
+            unbalanced: list[int] = []
             if use_hydraulics is None:
                 unbalanced = _run_phase(
                     engine, "hydraulics", watch.step_s, record_h, report, quality
@@ -431,7 +431,7 @@ def simulate(
         flow=table.iloc[:, parts[1] : parts[2]],
         demand=table.iloc[:, parts[2] : parts[3]],
         quality=pd.DataFrame.from_dict(chemistry, orient="index", columns=list(watch.quality)),
-        unbalanced_steps=unbalanced,
+        unbalanced=tuple(unbalanced),
     )
 
 
@@ -442,9 +442,9 @@ def _run_phase(
     record: Callable[[int], None],
     report: EngineProgress,
     save: bool,
-) -> int:
+) -> list[int]:
     """Step EPANET's hydraulic or quality solver to the end, recording at multiples of step_s;
-    returns how many steps ended with EPANET's warning 1 (hydraulically unbalanced)."""
+    returns the times (s) of steps left with warning 1 (hydraulically unbalanced)."""
     if phase == "hydraulics":
         engine.ENopenH()
         engine.ENinitH(11 if save else 10)  # re-initialise flows; save for the quality solver
@@ -453,12 +453,12 @@ def _run_phase(
         engine.ENopenQ()
         engine.ENinitQ(0)
         run, advance, close = engine.ENrunQ, engine.ENnextQ, engine.ENcloseQ
-    unbalanced = 0
+    unbalanced: list[int] = []
     duration = int(engine.ENgettimeparam(0))  # EN_DURATION
     while True:
         now = run()
         if engine.errcode == 1:
-            unbalanced += 1
+            unbalanced.append(now)
         if now % step_s == 0:
             record(now)
             report(phase, now)
@@ -525,12 +525,14 @@ def set_contaminant(
         wn.add_source(f"INJ_{n}", node, "MASS", mg_min / 60.0 / 1e6, f"INJ_{n}")
 
 
-def probe(wn: Model) -> tuple[pd.DataFrame, pd.Series]:
-    """One nominal day, demand-driven, at 1-hour steps: the pressure (m) at every junction
-    hour by hour and the mean absolute flow (m³/s) in every link. Changes ``wn``'s options."""
+def probe(wn: Model, days: int = 1) -> tuple[pd.DataFrame, pd.Series]:
+    """Nominal days, demand-driven, at 1-hour steps: the pressure (m) at every junction hour
+    by hour and the mean absolute flow (m³/s) in every link. Changes ``wn``'s options."""
     wn.options.hydraulic.demand_model = "DDA"
+    wn.options.hydraulic.unbalanced = "CONTINUE"
+    wn.options.hydraulic.unbalanced_value = 10
     no_quality(wn)
-    set_timing(wn, DAY_S, 3600)
+    set_timing(wn, days * DAY_S, 3600)
     watch = Watch(3600, pressure=list(wn.junction_name_list), flow=list(wn.link_name_list))
     results = simulate(wn, watch)
     return results.pressure, results.flow.abs().mean()
