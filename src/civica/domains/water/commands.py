@@ -128,6 +128,24 @@ def score(
     click.echo(json.dumps(result, indent=2))
 
 
+@water.command()
+@click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--leak-free-days", type=int, default=2, show_default=True)
+def detect(scenario_dir: Path, out: Path, leak_free_days: int) -> None:
+    """Find and locate leaks from network.inp, sensors.csv and readings.csv; write leaks.json."""
+    from civica.domains.water.files import load_scenario
+    from civica.domains.water.leaks import detect_leaks
+
+    try:
+        with console.status("Tracking the network model and scanning for leaks"):
+            reports = detect_leaks(load_scenario(scenario_dir), leak_free_days=leak_free_days)
+    except (WaterInputError, SimulationError) as err:
+        raise _fail(err) from err
+    out.write_text(json.dumps([r.to_json() for r in reports], indent=2) + "\n")
+    console.print(f"{len(reports)} leak reports written to {out}")
+
+
 @water.command("quality-detect")
 @click.argument("scenario_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option(

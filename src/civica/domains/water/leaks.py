@@ -57,12 +57,14 @@ SEARCH_RADIUS_M = 300.0
 class DetectorSettings:
     """Tuning of the detector (the same for every network)."""
 
-    windows_h: tuple[int, ...] = (2, 6, 12, 24)
-    threshold: float = 30.0  # on the one-sided GLR statistic (chi-square-like, 1 dof)
+    windows_h: tuple[int, ...] = (6, 24)
+    thresholds: tuple[float, ...] = (400.0, 15.0)  # one-sided GLR (chi-square-like, 1 dof)
+    cfar: float = 8.0  # ... and at least this many times its median over the last days
+    history_h: int = 72
     slow_error: float = 0.5  # floor of the slow residual error, in units of the logger's MAD
     positive_cap: float = 2.0  # pressure rises carry little leak evidence; cap them (in sd)
     min_sigma_m: float = 0.02
-    familiar_margin_m: float = 1.0  # how far outside its leak-free range the model may go
+    familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
 
 
 @dataclass(frozen=True)
@@ -191,13 +193,17 @@ def _loggers(scenario: Scenario, train: int) -> tuple[list[str], list[str]]:
 
 
 def _demand_multiplier(scenario: Scenario) -> np.ndarray:
-    """Per step: metered consumption over the model's expected net demand."""
-    consumption = metered_consumption(scenario).to_numpy()
-    seconds = np.arange(len(consumption)) * scenario.step_s
-    expected = np.asarray(engine.expected_demand(scenario.network, seconds).sum(axis=1), float)
-    if not np.all(expected > 0):
-        raise WaterInputError(f"{scenario.directory}: the model expects no net demand")
-    multiplier: np.ndarray = np.clip(consumption / expected, 0.05, 20.0)
+    """Per step: real consumption over the model's, where real = metered inflow plus the
+    model's own unmetered injections (negative demands, e.g. wells). EPANET's multiplier also
+    scales those injections, a small error next to not following consumption at all."""
+    metered = metered_consumption(scenario).to_numpy()
+    seconds = np.arange(len(metered)) * scenario.step_s
+    demand = np.asarray(engine.expected_demand(scenario.network, seconds), dtype=float)
+    drawn = np.clip(demand, 0.0, None).sum(axis=1)
+    injected = -np.clip(demand, None, 0.0).sum(axis=1)
+    if not np.all(drawn > 0):
+        raise WaterInputError(f"{scenario.directory}: the model has no demand to scale")
+    multiplier: np.ndarray = np.clip((metered + injected) / drawn, 0.05, 20.0)
     return multiplier
 
 
@@ -226,7 +232,7 @@ def _normalise(
     profile = np.zeros((24, residual.shape[1]))
     for h in range(24):
         rows = learn[hour[:train] == h]
-        if len(rows):
+        if len(rows) and np.isfinite(rows).any():
             profile[h] = np.nan_to_num(np.nanmedian(rows, axis=0))
     # neighbouring hours share the estimate: 2-8 readings per hour are few
     profile = (np.roll(profile, 1, axis=0) + profile + np.roll(profile, -1, axis=0)) / 3
@@ -255,19 +261,23 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
     shapes = {w: _window_signature(evidence.signature, w) for w in settings.windows_h}
     known: list[np.ndarray] = []  # signatures (m per m³/s) of leaks already reported
     reports: list[LeakReport] = []
+    history: dict[int, list[float]] = {w: [] for w in settings.windows_h}
     hours = (np.arange(steps) * step // HOUR_S) % 24
     graph = engine.network_graph(wn)
     for t in range(evidence.train_steps + per_hour - 1, steps, per_hour):
-        for w in settings.windows_h:
-            first = t - w * per_hour + 1
-            if first < evidence.train_steps:
+        for w, base in zip(settings.windows_h, settings.thresholds, strict=True):
+            if t - w * per_hour + 1 < evidence.train_steps:
                 continue
-            y = np.nan_to_num(medians[w][t]) / spreads[w]
-            y = np.minimum(y, settings.positive_cap)
+            y = np.minimum(np.nan_to_num(medians[w][t]) / spreads[w], settings.positive_cap)
             shape = shapes[w][hours[t]] / spreads[w][:, None]
             stat, size = _glr(y, shape, [k / spreads[w] for k in known])
             best = int(np.argmax(stat))
-            if stat[best] < settings.threshold:
+            # The bar rises with the statistic's own recent level (constant false-alarm rate):
+            # some networks' models simply err more, day in day out, than others'.
+            past = history[w][-settings.history_h :]
+            bar = max(base, settings.cfar * float(np.median(past))) if len(past) >= 6 else base
+            history[w].append(float(stat[best]))
+            if stat[best] < bar:
                 continue
             pipe = _localise(stat, evidence, graph)
             index = evidence.pipes.index(pipe)
