@@ -12,7 +12,6 @@ import pytest
 from civica.core.problems import Problem
 from civica.domains.water.quality import (
     PARAMETERS,
-    DiurnalProfile,
     QualityConfig,
     StationWatch,
     detect_events,
@@ -24,6 +23,7 @@ from civica.domains.water.quality_scoring import (
     injections_from_truth,
     score_events,
 )
+from civica.domains.water.quality_signals import DailyAnalogs, RecentRange
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 STEP_S = 900
@@ -129,33 +129,61 @@ def test_stations_alarming_together_make_one_event() -> None:
     assert events[0].stations == ("N0", "N1")
 
 
-def test_profile_learns_time_of_day_and_scores_standardised_residuals() -> None:
-    profile = DiurnalProfile(resolution=0.01)
-    noon = 12 * 3600.0
-    assert profile.score_one({"time": noon, "value": 5.0}) == 0.0  # nothing learned yet
-    for day, value in enumerate([1.0, 1.1, 0.9, 1.0]):
-        profile.learn_one({"time": day * 86_400 + noon, "value": value})
-        profile.learn_one({"time": day * 86_400, "value": 3.0})  # midnight differs
-    later = 4 * 86_400 + noon
-    assert profile.ready(later)
-    assert 0.9 < profile.predict_one(later) < 1.1
-    assert abs(profile.score_one({"time": later, "value": profile.predict_one(later)})) < 1e-9
-    assert profile.score_one({"time": later, "value": 2.0}) > 5
-    assert profile.score_one({"time": later, "value": math.nan}) == 0.0
+def test_recent_range_edges_and_noise() -> None:
+    chlorine = RecentRange(direction=-1, resolution=0.01)
+    assert chlorine.score_one({"time": 0.0, "value": 0.1}) == 0.0  # nothing learned yet
+    for step in range(2 * PER_DAY):  # 0.5 / 0.7 mg/L alternating: a station fed by two sources
+        chlorine.learn_one({"time": step * 900.0, "value": 0.5 if step % 8 < 4 else 0.7})
+    later = 2 * 86_400.0
+    assert chlorine.ready(later)
+    assert chlorine.edge() == pytest.approx(0.5)
+    assert chlorine.noise() == pytest.approx(0.01)  # most changes are 0: the resolution floor
+    assert chlorine.score_one({"time": later, "value": 0.6}) < 0  # inside the range
+    assert chlorine.score_one({"time": later, "value": 0.3}) == pytest.approx(20.0)
+    assert chlorine.score_one({"time": later, "value": math.nan}) == 0.0
+    # Older than range_days: forgotten.
+    chlorine.learn_one({"time": later + 8 * 86_400.0, "value": 0.9})
+    assert chlorine.edge() == pytest.approx(0.9)
+
+
+def test_daily_analogs_look_at_the_same_hour_on_previous_days_only() -> None:
+    analogs = DailyAnalogs(direction=+1)  # conductivity: a contaminant raises it
+    for day in range(3):
+        for hour in range(24):
+            value = 500.0 if hour == 12 else 400.0  # a daily routine at noon
+            analogs.learn_one({"time": day * 86_400.0 + hour * 3600.0, "value": value})
+    today = 3 * 86_400.0
+    assert analogs.edge(today + 12 * 3600.0) == 500.0
+    assert analogs.edge(today + 6 * 3600.0) == 400.0
+    assert analogs.score_one({"time": today + 12 * 3600.0, "value": 490.0}) < 0
+    assert analogs.score_one({"time": today + 6 * 3600.0, "value": 490.0}) == 90.0
+    analogs.learn_one({"time": today + 6 * 3600.0, "value": 900.0})  # today does not count
+    assert analogs.edge(today + 6 * 3600.0) == 400.0
+    # Just after midnight, the hour before midnight of previous days is near.
+    analogs.learn_one({"time": today - 900.0, "value": 700.0})
+    assert analogs.edge(today + 1800.0) == 400.0  # the 3rd highest: one reading is no routine
+
+
+def test_a_new_daily_routine_alarms_once() -> None:
+    readings, sensors = stations(9, count=1, seed=4)
+    for day in range(4, 9):  # from day 4, chlorine dips for 2 h every evening
+        first = day * PER_DAY + 80
+        readings.iloc[first : first + 8, 0] -= 0.5
+    events = detect_events(readings, sensors)
+    assert len(events) <= 1
 
 
 def test_the_watch_does_not_learn_from_an_event() -> None:
-    readings, sensors = stations(6, count=1, event=(0, 4 * PER_DAY, 5 * PER_DAY, 1.0))
+    first = 4 * PER_DAY + 40
+    readings, sensors = stations(6, count=1, event=(0, first, first + 24, 2.0))
     signals = {s.sensor_id: PARAMETERS[s.unit] for s in sensors.itertuples() if s.kind == "quality"}
     watch = StationWatch("N0", signals)
-    noon = readings.index[4 * PER_DAY + 48]
-    for i, time in enumerate(readings.index[: 5 * PER_DAY]):
+    for i, time in enumerate(readings.index[: first + 40]):
         x = {"time": time.timestamp()} | {c: float(readings[c].iloc[i]) for c in signals}
         watch.update(x)
-    # A whole day of contaminated water, but shorter than relearn_h + a day: noon's chlorine
-    # is still predicted at its clean level (0.8 ± 0.15 mg/L), not the contaminated one.
-    predicted = watch.scorer._profiles["Q0-cl"].predict_one(noon.timestamp())
-    assert 0.6 < predicted < 1.0
+    # Six hours of chlorine 0.6 mg/L lower, then 4 h clean: the recent range still ends
+    # around the clean low (0.8 - 0.15 mg/L minus noise), not at the contaminated level.
+    assert watch.scorer.models["Q0-cl"].range.edge() > 0.5
 
 
 def test_event_probability_is_a_binomial_confidence() -> None:
@@ -199,7 +227,7 @@ def test_scoring_by_hand() -> None:
         ("S3", _at(82)),
         ("S1", _at(109)),  # false alarm
     ]
-    score = score_events(events, injections, days=14)
+    score = score_events(events, injections, days=14, grace_h=6.0)
     assert (score.injections, score.observable, score.unobservable) == (4, 3, 1)
     assert (score.detected, score.detected_observable) == (2, 2)
     assert score.detection_rate == pytest.approx(0.5)
@@ -208,7 +236,7 @@ def test_scoring_by_hand() -> None:
     assert score.false_alarms == 2
     assert score.false_alarms_per_week == pytest.approx(1.0)
     assert [m["detected_by"] for m in score.matches] == ["S2", "S1", None, None]
-    pooled = score + score_events([], [], days=7)
+    pooled = score + score_events([], [], days=7, grace_h=6.0)
     assert pooled.weeks == pytest.approx(3.0)
     assert pooled.to_json(details=False)["false_alarms_per_week"] == pytest.approx(2 / 3, abs=1e-4)
 

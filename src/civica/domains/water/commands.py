@@ -185,7 +185,7 @@ def quality_detect(scenario_dir: Path, out: Path | None, train_days: float) -> N
 @click.option(
     "--grace-h",
     type=float,
-    default=6.0,
+    default=24.0,
     show_default=True,
     help="Hours after an injection ends in which an event still counts.",
 )

@@ -1,11 +1,12 @@
 """Water-quality event detection (CANARY-style) over chlorine, conductivity and turbidity.
 
-Per signal, a time-of-day profile predicts the reading; the prediction residual, standardised
-by how much that time of day varies from day to day, is an outlier when it exceeds a threshold
-in the direction a contaminant pushes the parameter (chlorine down, conductivity and turbidity
-up). A binomial model over a window of recent outlier flags, fused across the parameters of a
-station, gives an event probability; an event is raised when it passes a level, held until it
-falls back (hysteresis), and events at several stations in the same time window are merged.
+Per signal, streaming models of normal behaviour (quality_signals.py) turn each reading into
+contaminant-wise evidence in sigmas (chlorine down, conductivity and turbidity up); a reading
+is an outlier when its evidence passes a threshold. A binomial model over a window of recent
+outlier flags, fused across the signals of a station, gives an event probability; an event is
+raised when it passes a level, held until it falls back (hysteresis), and events at several
+stations in the same time window are merged. Decisions come from ``StationWatch``, which does
+not learn from outliers or from readings inside an event.
 
 >>> import pandas as pd
 >>> times = pd.date_range("2026-01-01", periods=4 * 96, freq="15min", tz="UTC")
@@ -14,7 +15,7 @@ falls back (hysteresis), and events at several stations in the same time window 
 >>> sensors = pd.DataFrame({"sensor_id": ["cl"], "kind": ["quality"],
 ...                         "element": ["J1"], "unit": ["mg/L"]})
 >>> [(e.node, e.detected_at.isoformat()) for e in detect_events(readings, sensors)]
-[('J1', '2026-01-04T03:30:00+00:00')]
+[('J1', '2026-01-04T03:15:00+00:00')]
 """
 
 from __future__ import annotations
@@ -30,148 +31,59 @@ from typing import Any
 import pandas as pd
 
 from civica.core.problems import bad_request
+from civica.domains.water.quality_signals import (
+    PARAMETERS,
+    QualityConfig,
+    QualityParameter,
+    SignalModel,
+)
 
-DAY_S = 86_400.0
+__all__ = [
+    "PARAMETERS",
+    "QualityConfig",
+    "QualityEvent",
+    "QualityParameter",
+    "StationScorer",
+    "StationWatch",
+    "detect_events",
+    "detect_scenario",
+    "event_probability",
+]
+
 _EPOCH = pd.Timestamp(0, tz="UTC")
 
 
-@dataclass(frozen=True)
-class QualityParameter:
-    """A quality parameter a station measures, and which way a contaminant moves it."""
-
-    name: str
-    unit: str
-    direction: int  # +1: a contaminant raises it; -1: it lowers it (chlorine is consumed)
-    resolution: float  # in `unit`: the smallest residual scale trusted (sensor resolution)
-
-
-# Keyed by the unit in sensors.csv, which is what tells the parameter (see the file contract).
-PARAMETERS: dict[str, QualityParameter] = {
-    p.unit: p
-    for p in (
-        QualityParameter("chlorine", "mg/L", -1, 0.01),
-        QualityParameter("conductivity", "uS/cm", +1, 2.0),
-        QualityParameter("turbidity", "NTU", +1, 0.02),
-    )
-}
-
-
-@dataclass(frozen=True)
-class QualityConfig:
-    """Detector settings; the defaults are used for every network (no per-network tuning)."""
-
-    slot_s: float = 900.0  # width of a time-of-day slot of the profile, s
-    train_days: float = 2.0  # days learned before any decision (the leak-free-days convention)
-    memory_days: float = 3.0  # the profile forgets old days with this time constant, days
-    neighbours: int = 2  # slots either side whose spread also bounds a slot's scale
-    threshold: float = 3.0  # |standardised residual| above which a reading is an outlier, sigmas
-    window_h: float = 2.0  # the binomial window of recent outlier flags, h
-    outlier_rate: float = 0.02  # share of outlier flags expected in normal operation
-    level: float = 0.999  # event probability that raises an event
-    release: float = 0.5  # event probability under which the event ends (hysteresis)
-    relearn_h: float = 12.0  # a signal off its profile this long is learned anyway (new normal), h
-    merge_h: float = 3.0  # station episodes starting within this of a running event merge, h
-
-
-class DiurnalProfile:
-    """Time-of-day profile of one signal; ``score_one`` is its standardised residual (sigmas).
-
-    ``x`` is ``{"time": <epoch s>, "value": <reading>}``. The score is 0 until the slot has
-    been learned on ``train_days`` days, so a fresh profile never flags anything.
-    """
-
-    def __init__(self, resolution: float, config: QualityConfig | None = None) -> None:
-        self.config = config or QualityConfig()
-        self.resolution = resolution
-        slots = max(1, round(DAY_S / self.config.slot_s))
-        self._mean = [0.0] * slots
-        self._var = [0.0] * slots
-        self._days = [0.0] * slots  # learned days per slot (fractional with sub-slot steps)
-        self._last_day = [-1] * slots
-        self._min_alpha = 1.0 / max(self.config.memory_days, 1.0)
-
-    def _slot(self, time: float) -> int:
-        return int((time % DAY_S) // self.config.slot_s) % len(self._mean)
-
-    def ready(self, time: float) -> bool:
-        """True once the slot of ``time`` has been learned on enough days to score."""
-        return self._days[self._slot(time)] >= self.config.train_days
-
-    def predict_one(self, time: float) -> float:
-        """Expected reading at ``time`` (NaN before the slot has been learned)."""
-        slot = self._slot(time)
-        return self._mean[slot] if self._days[slot] > 0 else math.nan
-
-    def scale(self, time: float) -> float:
-        """Residual scale at ``time``: the widest spread of the neighbouring slots (unit)."""
-        slot, n = self._slot(time), len(self._mean)
-        spread = max(
-            self._var[(slot + k) % n]
-            for k in range(-self.config.neighbours, 1 + self.config.neighbours)
-        )
-        return math.sqrt(max(spread, self.resolution**2))
-
-    def score_one(self, x: Mapping[str, float]) -> float:
-        time, value = x["time"], x["value"]
-        if math.isnan(value) or not self.ready(time):
-            return 0.0
-        return (value - self.predict_one(time)) / self.scale(time)
-
-    def learn_one(self, x: Mapping[str, float]) -> None:
-        time, value = x["time"], x["value"]
-        if math.isnan(value):
-            return
-        slot = self._slot(time)
-        day = int(time // DAY_S)
-        if self._days[slot] == 0:
-            self._mean[slot] = value
-            self._days[slot] = 1.0
-            self._last_day[slot] = day
-            return
-        # Several readings can fall into one slot on one day: they share that day's weight.
-        if day != self._last_day[slot]:
-            self._days[slot] += 1.0
-            self._last_day[slot] = day
-        alpha = max(1.0 / self._days[slot], self._min_alpha)
-        residual = value - self._mean[slot]
-        self._mean[slot] += alpha * residual
-        self._var[slot] += alpha * (residual * residual - self._var[slot])
-
-
 class StationScorer:
-    """The profiles of one station's signals; ``score_one`` is the largest contaminant-wise
-    standardised residual (sigmas). ``x`` maps ``"time"`` (epoch s) and signal names to readings."""
+    """The signal models of one station; ``score_one`` is its strongest contaminant-wise
+    evidence (sigmas). ``x`` maps ``"time"`` (epoch s) and signal names to readings."""
 
     def __init__(
         self, signals: Mapping[str, QualityParameter], config: QualityConfig | None = None
     ) -> None:
         self.config = config or QualityConfig()
         self.signals = dict(signals)
-        self._profiles = {
-            name: DiurnalProfile(p.resolution, self.config) for name, p in self.signals.items()
-        }
+        self.models = {name: SignalModel(p, self.config) for name, p in self.signals.items()}
 
     def residuals(self, x: Mapping[str, float]) -> dict[str, float]:
-        """Standardised residual per parameter present in ``x``, signed so + means contaminant."""
+        """Contaminant-wise evidence (sigmas) per signal with a reading in ``x``."""
         out: dict[str, float] = {}
-        for name, profile in self._profiles.items():
+        for name, model in self.models.items():
             value = x.get(name, math.nan)
             if not math.isnan(value):
-                z = profile.score_one({"time": x["time"], "value": value})
-                out[name] = z * self.signals[name].direction
+                out[name] = model.score_one({"time": x["time"], "value": value})
         return out
 
     def ready(self, time: float) -> bool:
-        return any(p.ready(time) for p in self._profiles.values())
+        return any(m.ready(time) for m in self.models.values())
 
     def score_one(self, x: Mapping[str, float]) -> float:
         return max(self.residuals(x).values(), default=0.0)
 
     def learn_one(self, x: Mapping[str, float]) -> None:
-        for name, profile in self._profiles.items():
+        for name, model in self.models.items():
             value = x.get(name, math.nan)
             if not math.isnan(value):
-                profile.learn_one({"time": x["time"], "value": value})
+                model.learn_one({"time": x["time"], "value": value})
 
 
 def event_probability(flags: int, trials: int, outlier_rate: float) -> float:
@@ -196,8 +108,13 @@ class Episode:
 
 
 class StationWatch:
-    """Decisions for one station: outlier flags, binomial window, hysteresis; it learns only
-    readings that are not outliers and not inside an event (unless off-profile for long)."""
+    """Decisions for one station: outlier flags, binomial window, hysteresis.
+
+    It does not learn from anomalies: readings reach the station's recent range only after
+    ``window_h`` of quarantine, and never when an event was raised meanwhile (unless the event
+    has lasted ``relearn_h``: then it is taken as a new normal). The time-of-day memory takes
+    every reading, so a routine that raised an event once is known the next day.
+    """
 
     def __init__(
         self,
@@ -208,8 +125,9 @@ class StationWatch:
         self.node = node
         self.config = config or QualityConfig()
         self.scorer = StationScorer(signals, self.config)
-        self._window: deque[tuple[float, int, int, frozenset[str]]] = deque()
-        self._off_since: dict[str, float] = {}
+        self._window: deque[tuple[float, int, int, int, frozenset[str]]] = deque()
+        self._above_since: dict[str, float] = {}
+        self._quarantine: deque[Mapping[str, float]] = deque()
         self._episode: Episode | None = None
         self.probability = 0.0
 
@@ -218,24 +136,50 @@ class StationWatch:
         cfg, time = self.config, x["time"]
         residuals = self.scorer.residuals(x)
         ready = self.scorer.ready(time)
-        flagged = frozenset(n for n, z in residuals.items() if ready and z > cfg.threshold)
-        self._window.append((time, len(flagged), len(residuals) if ready else 0, flagged))
+        flagged = self._flags(residuals, time) if ready else frozenset()
+        strong = sum(residuals[n] > cfg.strong * cfg.threshold for n in flagged)
+        self._window.append((time, len(flagged), strong, len(residuals) if ready else 0, flagged))
         while self._window and self._window[0][0] <= time - cfg.window_h * 3600.0:
             self._window.popleft()
-        flags = sum(k for _, k, _, _ in self._window)
-        trials = sum(n for _, _, n, _ in self._window)
-        self.probability = event_probability(flags, trials, cfg.outlier_rate)
+        flags = sum(w[1] for w in self._window)
+        strong_flags = sum(w[2] for w in self._window)
+        trials = sum(w[3] for w in self._window)
+        # Two outlier levels: many moderate outliers, or a few far beyond anything normal.
+        self.probability = max(
+            event_probability(flags, trials, cfg.outlier_rate),
+            event_probability(strong_flags, trials, cfg.strong_rate),
+        )
         finished = self._decide(time, flagged)
-        self._learn(x, residuals, time)
+        self._learn(x)
         return finished
+
+    def _flags(self, residuals: Mapping[str, float], time: float) -> frozenset[str]:
+        """Signals over the threshold; a lone one that must persist only once it has."""
+        over = {n for n, z in residuals.items() if z > self.config.threshold}
+        for name in list(self._above_since):
+            if name not in over:
+                del self._above_since[name]
+        for name in over:
+            self._above_since.setdefault(name, time)
+        signals = self.scorer.signals
+        out = set()
+        for name in over:
+            wait = signals[name].alone_after_s
+            company = any(
+                other != name and signals[other].name != signals[name].name for other in over
+            )
+            if company or time - self._above_since[name] >= wait:
+                out.add(name)
+        return frozenset(out)
 
     def _decide(self, time: float, flagged: frozenset[str]) -> Episode | None:
         cfg, episode = self.config, self._episode
         if episode is None:
             if self.probability >= cfg.level:
                 self._episode = Episode(self.node, time, time, self.probability)
-                for _, _, _, names in self._window:
+                for *_, names in self._window:
                     self._episode.signals |= names
+                self._quarantine.clear()  # the onset of the anomaly is not learned
             return None
         if self.probability >= cfg.release:
             episode.end = time
@@ -245,19 +189,20 @@ class StationWatch:
         self._episode = None
         return episode
 
-    def _learn(self, x: Mapping[str, float], residuals: Mapping[str, float], time: float) -> None:
-        relearn_s = self.config.relearn_h * 3600.0
-        keep: dict[str, float] = {"time": time}
-        for name, z in residuals.items():
-            off = self._episode is not None or abs(z) > self.config.threshold
-            if off:
-                since = self._off_since.setdefault(name, time)
-                if time - since < relearn_s:
-                    continue
-            else:
-                self._off_since.pop(name, None)
-            keep[name] = x[name]
-        self.scorer.learn_one(keep)
+    def _learn(self, x: Mapping[str, float]) -> None:
+        cfg, time = self.config, x["time"]
+        for name, model in self.scorer.models.items():
+            if name in x:
+                model.observe_one({"time": time, "value": x[name]})
+        episode = self._episode
+        if episode is not None and time - episode.start < cfg.relearn_h * 3600.0:
+            return
+        self._quarantine.append(x)
+        while self._quarantine and self._quarantine[0]["time"] <= time - cfg.window_h * 3600.0:
+            held = self._quarantine.popleft()
+            for name, model in self.scorer.models.items():
+                if name in held:
+                    model.range.learn_one({"time": held["time"], "value": held[name]})
 
     def close(self) -> Episode | None:
         """End of data: hand back a still-running episode."""

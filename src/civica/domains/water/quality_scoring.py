@@ -1,8 +1,9 @@
 """Scoring quality events against a scenario's contaminant injections.
 
 An injection counts as detected when an event (at any station) is raised between its start and
-its end plus a grace period (default 6 h: the plume has to travel from the injection node to a
-station). Injections whose plume never reaches a station at a detectable concentration are
+its end plus a grace period (default 24 h: the plume has to travel from the injection node to a
+station, and the scenario generator calls an injection observable when a station sees it within
+a day of its end). Injections whose plume never reaches a station at a detectable concentration are
 "unobservable": they are counted in the all-injections rate and left out of the observable-only
 rate, never hidden. Events matching no injection are false alarms, per week of scenario.
 
@@ -26,7 +27,7 @@ from typing import Any
 from civica.core.problems import bad_request
 from civica.core.timefmt import parse_time
 
-GRACE_H = 6.0
+GRACE_H = 24.0
 
 
 @dataclass(frozen=True)
