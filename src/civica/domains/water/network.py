@@ -664,7 +664,8 @@ def link_table(wn: Model) -> LinkTable:
             if link.pump_type == "POWER":
                 power[i] = float(link.power)
             else:
-                _, resistance[i], exponent[i] = link.get_head_curve_coefficients()
+                with _quiet():  # WNTR fits the curve with scipy, which warns on 1-point curves
+                    _, resistance[i], exponent[i] = link.get_head_curve_coefficients()
         else:
             kinds.append("valve")
     return LinkTable(
@@ -719,6 +720,13 @@ def track_network(
             highs = [engine.ENgetnodevalue(i, 21) * units.length for i in tank_ix]  # EN_MAXLEVEL
             floors = [engine.ENgetnodevalue(i, 0) * units.length for i in tank_ix]  # EN_ELEVATION
             switches = _level_controls(engine, tanks, units)
+            # Injections (negative base demands, e.g. wells) are what the model says they are;
+            # EPANET's demand multiplier would scale them too, so their base is divided by it.
+            wells = [
+                (i, engine.ENgetnodevalue(i, 1))  # EN_BASEDEMAND
+                for i in range(1, engine.ENgetcount(0) + 1)
+                if engine.ENgetnodetype(i) == 0 and engine.ENgetnodevalue(i, 1) < 0
+            ]
             pressure = np.full((steps, len(loggers)), np.nan)
             level = np.full((steps, len(tanks)), np.nan)
             states: dict[int, HydraulicState] = {}
@@ -735,6 +743,8 @@ def track_network(
                     )
                     if code >= 100:
                         raise SimulationError(f"EPANET refused demand multiplier {multiplier[k]}")
+                    for ix, base in wells:
+                        engine.ENsetnodevalue(ix, 1, base / float(multiplier[k]))
                     for j, ix in enumerate(tank_ix):
                         target, tolerance = _tank_target(
                             float(levels[tanks[j]][k]), lows[j], highs[j]
