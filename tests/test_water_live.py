@@ -156,10 +156,10 @@ def test_leak_watch_raises_what_the_batch_detector_finds(
 
     from civica.domains.water.files import load_scenario
     from civica.domains.water.leaks import detect_leaks
-    from civica.domains.water.scenario import ScenarioConfig, generate
     from civica.domains.water.twin import run_live
+    from tests.test_water_leaks import build  # a Net3 scenario with a 30 L/s leak on day 3
 
-    generate(ScenarioConfig("Net3", days=4, leaks=1, seed=11), tmp_path / "net3")
+    build(tmp_path / "net3", leak_m3s=0.030)
     batch = {
         (r.pipe, r.detected_at.strftime("%Y-%m-%dT%H:%M"))
         for r in detect_leaks(load_scenario(tmp_path / "net3"), 2)
