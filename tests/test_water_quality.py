@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from civica.core.problems import Problem
+from civica.domains.water.commands import water
 from civica.domains.water.quality import (
     PARAMETERS,
     QualityConfig,
@@ -24,6 +28,7 @@ from civica.domains.water.quality_scoring import (
     score_events,
 )
 from civica.domains.water.quality_signals import DailyAnalogs, RecentRange
+from civica.domains.water.scenario import ScenarioConfig, generate
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 STEP_S = 900
@@ -265,3 +270,48 @@ def test_injections_are_read_from_truth() -> None:
     assert injection.node == "J1"
     assert injection.end - injection.start == timedelta(hours=4)
     assert injection.observable is False
+
+
+@pytest.fixture(scope="module")
+def net3_quality(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five days of Net3 with two contaminant injections (about 2 s to simulate)."""
+    out = tmp_path_factory.mktemp("net3-quality")
+    generate(ScenarioConfig("Net3", days=5, leaks=0, seed=0, quality=True, injections=2), out)
+    return out
+
+
+def test_net3_scenario_end_to_end_through_the_cli(net3_quality: Path) -> None:
+    runner = CliRunner()
+    events_file = net3_quality / "events.json"
+    detected = runner.invoke(
+        water, ["quality-detect", str(net3_quality), "--out", str(events_file)]
+    )
+    assert detected.exit_code == 0, detected.output
+    events = json.loads(events_file.read_text())
+    stations = set(
+        pd.read_csv(net3_quality / "sensors.csv", dtype=str).query("kind == 'quality'")["element"]
+    )
+    assert events and all(str(e["node"]) in stations for e in events)
+    scored = runner.invoke(water, ["quality-score", str(net3_quality), str(events_file)])
+    assert scored.exit_code == 0, scored.output
+    score = json.loads(scored.output)
+    truth = json.loads((net3_quality / "truth.json").read_text())
+    assert score["injections"] == len(truth["injections"]) == 2
+    assert score["detected_observable"] >= 1
+    assert score["false_alarms"] <= 1
+
+
+def test_cli_refuses_bad_events_with_one_line(net3_quality: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    broken = tmp_path / "events.json"
+    broken.write_text("[{")
+    result = runner.invoke(water, ["quality-score", str(net3_quality), str(broken)])
+    assert result.exit_code == 2
+    assert "not valid JSON" in result.output and "Traceback" not in result.output
+    broken.write_text('[{"node": "15"}]')
+    result = runner.invoke(water, ["quality-score", str(net3_quality), str(broken)])
+    assert result.exit_code == 2
+    assert "detected_at" in result.output
+    result = runner.invoke(water, ["quality-detect", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "network.inp" in result.output
