@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from civica.cli import main
 from civica.domains.water import network as engine
 from civica.domains.water.files import load_scenario
-from civica.domains.water.leaks import detect_leaks, gather_evidence, DetectorSettings
+from civica.domains.water.leaks import DetectorSettings, detect_leaks, gather_evidence
 from civica.domains.water.network import WaterInputError
 from civica.domains.water.night_flow import detect_mnf, night_minima
 from civica.domains.water.scoring import score_files
