@@ -393,7 +393,9 @@ def simulate(
         try:
             long = _write_stubbed(wn, Path(inp))
             engine = ENepanet(version=2.2)
-            engine.ENopen(inp, rpt, "")
+            # An explicit output file keeps EPANET's scratch file out of the working directory
+            # (with "" it makes one there, left behind if the run is interrupted).
+            engine.ENopen(inp, rpt, str(Path(tmp) / "run.bin"))
             _load_patterns(engine, long)
             node = {n: engine.ENgetnodeindex(n) for n in {*watch.pressure, *watch.demand}}
             node.update({n: engine.ENgetnodeindex(n) for n in watch.quality})
