@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Job:
     directory: Path
 
 
-def run_job(job: Job) -> tuple[Job, dict[str, Any], float, float]:
+def run_job(job: Job) -> tuple[Job, QualityScore, float, float]:
     """Generate (unless cached) and detect one scenario; return its score and the seconds spent."""
     started = time.perf_counter()
     if not (job.directory / "truth.json").exists():
@@ -54,30 +55,14 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any], float, float]:
             network=job.network, days=job.days, leaks=job.leaks, seed=job.seed, quality=True
         )
         generate(config, partial)
+        if job.directory.exists():  # left over from an interrupted run, without its truth
+            shutil.rmtree(job.directory)
         partial.rename(job.directory)
     generated = time.perf_counter()
     events = [e.to_json() for e in detect_scenario(job.directory, QualityConfig())]
     (job.directory / "events.json").write_text(json.dumps(events, indent=1) + "\n")
     score = score_scenario(job.directory, events, grace_h=GRACE_H)
-    body = score.to_json(details=True)
-    return job, body, generated - started, time.perf_counter() - generated
-
-
-def from_json(body: dict[str, Any]) -> QualityScore:
-    """A QualityScore back from its JSON form (to pool scenarios)."""
-    delays = tuple(
-        m["time_to_detect_h"] for m in body["matches"] if m["time_to_detect_h"] is not None
-    )
-    return QualityScore(
-        injections=body["injections"],
-        observable=body["observable"],
-        detected=body["detected"],
-        detected_observable=body["detected_observable"],
-        delays_h=delays,
-        false_alarms=body["false_alarms"],
-        weeks=body["weeks"],
-        grace_h=body["grace_h"],
-    )
+    return job, score, generated - started, time.perf_counter() - generated
 
 
 def main() -> None:
@@ -107,7 +92,7 @@ def main() -> None:
         for i in range(args.per_network)
         for net in networks
     ]
-    results: list[tuple[Job, dict[str, Any], float, float]] = []
+    results: list[tuple[Job, QualityScore, float, float]] = []
     started = time.perf_counter()
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -124,8 +109,8 @@ def main() -> None:
             results.append(result)
             bar.advance(task)
     per_network: dict[str, QualityScore] = {}
-    for job, body, _, _ in sorted(results, key=lambda r: (r[0].network, r[0].seed)):
-        score = from_json(body)
+    results.sort(key=lambda r: (r[0].network, r[0].seed))
+    for job, score, _, _ in results:
         per_network[job.network] = (
             per_network[job.network] + score if job.network in per_network else score
         )
@@ -158,8 +143,7 @@ def main() -> None:
     }
     if args.details:
         report["scenarios_detail"] = [
-            {"network": j.network, "seed": j.seed} | body
-            for j, body, _, _ in sorted(results, key=lambda r: (r[0].network, r[0].seed))
+            {"network": j.network, "seed": j.seed} | score.to_json() for j, score, _, _ in results
         ]
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -5,8 +5,8 @@ contaminant-wise evidence in sigmas (chlorine down, conductivity and turbidity u
 is an outlier when its evidence passes a threshold. A binomial model over a window of recent
 outlier flags, fused across the signals of a station, gives an event probability; an event is
 raised when it passes a level, held until it falls back (hysteresis), and events at several
-stations in the same time window are merged. Decisions come from ``StationWatch``, which does
-not learn from outliers or from readings inside an event.
+stations in the same time window are merged. Decisions come from ``StationWatch``, which keeps
+anomalies out of what the models learn as normal.
 
 >>> import pandas as pd
 >>> times = pd.date_range("2026-01-01", periods=4 * 96, freq="15min", tz="UTC")
@@ -64,7 +64,7 @@ class StationScorer:
         self.signals = dict(signals)
         self.models = {name: SignalModel(p, self.config) for name, p in self.signals.items()}
 
-    def residuals(self, x: Mapping[str, float]) -> dict[str, float]:
+    def evidence(self, x: Mapping[str, float]) -> dict[str, float]:
         """Contaminant-wise evidence (sigmas) per signal with a reading in ``x``."""
         out: dict[str, float] = {}
         for name, model in self.models.items():
@@ -77,7 +77,7 @@ class StationScorer:
         return any(m.ready(time) for m in self.models.values())
 
     def score_one(self, x: Mapping[str, float]) -> float:
-        return max(self.residuals(x).values(), default=0.0)
+        return max(self.evidence(x).values(), default=0.0)
 
     def learn_one(self, x: Mapping[str, float]) -> None:
         for name, model in self.models.items():
@@ -134,11 +134,11 @@ class StationWatch:
     def update(self, x: Mapping[str, float]) -> Episode | None:
         """Take one reading time; return the station's episode when one has just ended."""
         cfg, time = self.config, x["time"]
-        residuals = self.scorer.residuals(x)
+        evidence = self.scorer.evidence(x)
         ready = self.scorer.ready(time)
-        flagged = self._flags(residuals, time) if ready else frozenset()
-        strong = sum(residuals[n] > cfg.strong * cfg.threshold for n in flagged)
-        self._window.append((time, len(flagged), strong, len(residuals) if ready else 0, flagged))
+        flagged = self._flags(evidence, time) if ready else frozenset()
+        strong = sum(evidence[n] > cfg.strong * cfg.threshold for n in flagged)
+        self._window.append((time, len(flagged), strong, len(evidence) if ready else 0, flagged))
         while self._window and self._window[0][0] <= time - cfg.window_h * 3600.0:
             self._window.popleft()
         flags = sum(w[1] for w in self._window)
@@ -153,9 +153,9 @@ class StationWatch:
         self._learn(x)
         return finished
 
-    def _flags(self, residuals: Mapping[str, float], time: float) -> frozenset[str]:
-        """Signals over the threshold; a lone one that must persist only once it has."""
-        over = {n for n, z in residuals.items() if z > self.config.threshold}
+    def _flags(self, evidence: Mapping[str, float], time: float) -> frozenset[str]:
+        """Signals over the threshold; one that must persist when alone only once it has."""
+        over = {n for n, z in evidence.items() if z > self.config.threshold}
         for name in list(self._above_since):
             if name not in over:
                 del self._above_since[name]
