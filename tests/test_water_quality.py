@@ -183,9 +183,12 @@ def test_the_watch_does_not_learn_from_an_event() -> None:
     readings, sensors = stations(6, count=1, event=(0, first, first + 24, 2.0))
     signals = {s.sensor_id: PARAMETERS[s.unit] for s in sensors.itertuples() if s.kind == "quality"}
     watch = StationWatch("N0", signals)
+    raised = []
     for i, time in enumerate(readings.index[: first + 40]):
         x = {"time": time.timestamp()} | {c: float(readings[c].iloc[i]) for c in signals}
         watch.update(x)
+        raised.append(watch.in_event)
+    assert any(raised[first : first + 8]) and not any(raised[:first])
     # Six hours of chlorine 0.6 mg/L lower, then 4 h clean: the recent range still ends
     # around the clean low (0.8 - 0.15 mg/L minus noise), not at the contaminated level.
     assert watch.scorer.models["Q0-cl"].range.edge() > 0.5

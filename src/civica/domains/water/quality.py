@@ -131,6 +131,11 @@ class StationWatch:
         self._episode: Episode | None = None
         self.probability = 0.0
 
+    @property
+    def in_event(self) -> bool:
+        """True while the station's event (raised at ``level``, held to ``release``) runs."""
+        return self._episode is not None
+
     def update(self, x: Mapping[str, float]) -> Episode | None:
         """Take one reading time; return the station's episode when one has just ended."""
         cfg, time = self.config, x["time"]
