@@ -249,12 +249,11 @@ class QualityWatch:
         if watch is None:
             return
         watch.update({"time": at.timestamp(), **values})
-        raised = watch.probability >= watch.config.level
-        if raised and node not in self._active:
-            self._active.add(node)
+        if watch.in_event and node not in self._active:
+            self._active.add(node)  # one alert per event, however long it lasts
             flagged = sorted(values)
             self._outbox.put(quality_alert(self.name, node, at, watch.probability, flagged))
-        elif node in self._active and watch.probability < watch.config.release:
+        elif not watch.in_event:
             self._active.discard(node)
 
     def drain(self, timeout: float = 60.0) -> None:
