@@ -15,8 +15,8 @@ from rich.table import Table
 
 from civica.api.auth import ROLES, create_key, revoke_key
 from civica.core.store import Store
+from civica.domains import domain_catalogue
 from civica.domains.water.commands import water
-from civica.privacy.catalogue import Catalogue
 from civica.storage import open_store
 
 console = Console(stderr=True, soft_wrap=True)
@@ -228,7 +228,7 @@ def catalogue() -> None:
         "retention (days)",
         "purpose",
     )
-    for spec in Catalogue().types():
+    for spec in domain_catalogue().types():
         for attr in spec.attributes.values():
             rng = "" if attr.minimum is None else f"{attr.minimum:g}..{attr.maximum:g}"
             table.add_row(
