@@ -473,6 +473,14 @@ def count_rows(db: Path) -> tuple[int, int]:
     return int(entities), int(observations)
 
 
+def _python_loop_seconds() -> float:
+    start = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return time.perf_counter() - start
+
+
 def plan_of(args: argparse.Namespace) -> Plan:
     if args.quick:
         entities = args.entities or 5_000
@@ -493,6 +501,9 @@ def main() -> None:
         python=platform.python_version(),
         cpus=os.cpu_count(),
         load_average_at_start=[round(x, 2) for x in os.getloadavg()],
+        # How fast this machine runs Python today: noisy neighbours and throttling move every
+        # figure below, so compare runs only alongside this one.
+        python_loop_10m_s=round(_python_loop_seconds(), 2),
         duckdb=duckdb.__version__,
         uvloop=importlib.util.find_spec("uvloop") is not None,
         httptools=importlib.util.find_spec("httptools") is not None,
