@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from civica.core.bus import EntityChanged, EventBus
+from civica.core.bus import EntityChanged, EventBus, ObservationsAdded
 from civica.core.clock import FakeClock
 from civica.core.ldcontext import DEFAULT_VOCAB, LdContext
 from civica.core.problems import (
@@ -37,8 +37,15 @@ class Rig:
         self.clock = FakeClock(T0)
         self.bus = EventBus()
         self.events: list[EntityChanged] = []
-        self.bus.subscribe(self.events.append)
+        self.readings: list[ObservationsAdded] = []
+        self.bus.subscribe(self._record)
         self.ingest = Ingest(store, bus=self.bus, clock=self.clock)
+
+    def _record(self, event: object) -> None:
+        if isinstance(event, EntityChanged):
+            self.events.append(event)
+        elif isinstance(event, ObservationsAdded):
+            self.readings.append(event)
 
     def entity(self, eid: str, tenant: str = "default") -> dict[str, Any]:
         return self.store.get_entities(tenant, [eid])[eid].entity
@@ -133,6 +140,14 @@ def test_the_same_entity_twice_in_one_batch_keeps_both_readings(rig: Rig) -> Non
     [event] = rig.events
     assert event.created
     assert event.changed == {"flow", "height"}
+    # The state event holds only the last flow; the readings event holds every reading.
+    [readings] = rig.readings
+    assert readings.tenant == "default"
+    assert sorted((r.attribute, r.value_num) for r in readings.rows) == [
+        ("flow", 1.0),
+        ("flow", 2.0),
+        ("height", 5.0),
+    ]
 
 
 def test_the_same_entity_twice_in_an_update_batch_keeps_both_readings(rig: Rig) -> None:
@@ -446,5 +461,6 @@ def test_a_failing_consumer_does_not_break_ingest(
     out = rig.ingest.upsert("default", [water(flow=prop(1.0))])
     assert out.created == [W1]
     assert rig.entity(W1)["flow"]["value"] == 1.0
-    assert len(later) == 1
+    # Both events (the readings, then the new state) still reached the next consumer.
+    assert [type(e) for e in later] == [ObservationsAdded, EntityChanged]
     assert "consumer down" in caplog.text
