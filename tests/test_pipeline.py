@@ -464,3 +464,42 @@ def test_a_failing_consumer_does_not_break_ingest(
     # Both events (the readings, then the new state) still reached the next consumer.
     assert [type(e) for e in later] == [ObservationsAdded, EntityChanged]
     assert "consumer down" in caplog.text
+
+
+# ---- concurrent upserts are combined -----------------------------------------------------
+
+
+def test_concurrent_upserts_each_get_their_own_outcome(rig: Rig) -> None:
+    """Sixteen callers at once, overlapping ids: each entity is reported created exactly once,
+    every reading is kept, and the stored state has every attribute someone sent."""
+    import threading
+
+    names = ["pressure", "flow", "temperature", "height"]
+    barrier = threading.Barrier(16)
+    outcomes: list[Any] = [None] * 16
+
+    def caller(n: int) -> None:
+        docs = [
+            water(f"urn:ngsi-ld:WaterObserved:c{(n + k) % 20}", **{names[n % 4]: prop(float(n))})
+            for k in range(5)
+        ]
+        barrier.wait()
+        outcomes[n] = rig.ingest.upsert("default", docs)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    created = [eid for out in outcomes for eid in out.created]
+    updated = [eid for out in outcomes for eid in out.updated]
+    assert [out.errors for out in outcomes] == [[]] * 16
+    assert sorted(created) == sorted(set(created))  # nobody else also says 'created'
+    assert len(created) + len(updated) == 16 * 5
+    assert set(created) == {f"urn:ngsi-ld:WaterObserved:c{i}" for i in range(20)}
+    assert sum(len(e.rows) for e in rig.readings) == 16 * 5
+    for i in range(20):
+        eid = f"urn:ngsi-ld:WaterObserved:c{i}"
+        senders = [n for n in range(16) if (i - n) % 20 < 5]
+        assert set(rig.entity(eid)) - {"id", "type"} == {names[n % 4] for n in senders}
+    assert len(rig.history()) == 16 * 5

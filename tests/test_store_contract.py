@@ -112,7 +112,9 @@ class ReopeningStore:
         self.inner.close()
 
 
-@pytest.fixture(params=["memory", "duckdb", "duckdb-compacting", "duckdb-reopened"])
+@pytest.fixture(
+    params=["memory", "duckdb", "duckdb-compacting", "duckdb-reopened", "duckdb-small-cache"]
+)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend: Store
     if request.param == "memory":
@@ -122,6 +124,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     elif request.param == "duckdb-compacting":
         # Every other write moves the history into sorted runs: queries then span runs and tail.
         backend = DuckDBStore(tmp_path / "contract.duckdb", compact_rows=2)
+    elif request.param == "duckdb-small-cache":
+        # Two cached states: most reads miss the state cache and it evicts all the time.
+        backend = DuckDBStore(tmp_path / "contract.duckdb", state_cache=2)
     else:
         backend = ReopeningStore(tmp_path / "contract.duckdb")
     yield backend

@@ -66,13 +66,18 @@ def _tune_gc_for_serving() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
+def _run_server(
+    store: Store, host: str, port: int, mqtt: str | None, ingest_workers: int | None = None
+) -> None:
     import uvicorn
 
     from civica.app import build_services, create_app
+    from civica.ingest.admission import AdmissionPool
 
     services = build_services(store)
     app = create_app(services)
+    if ingest_workers != 0:
+        services.ingest.admission = AdmissionPool(services.ingest.gate, ingest_workers)
     consumer = None
     if mqtt:
         from civica.ingest.mqtt import MqttIngest
@@ -90,6 +95,8 @@ def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
         gc.unfreeze()  # let interpreter shutdown reclaim everything as usual
         if consumer is not None:
             consumer.stop()
+        if services.ingest.admission is not None:
+            services.ingest.admission.close()
         store.close()
 
 
@@ -98,9 +105,17 @@ def _run_server(store: Store, host: str, port: int, mqtt: str | None) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--mqtt", default=None, help="Broker URL to ingest from, e.g. mqtt://127.0.0.1:1883")
-def serve(db: str | None, host: str, port: int, mqtt: str | None) -> None:
+@click.option(
+    "--ingest-workers",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Processes that parse and check large HTTP batches [default: CPUs - 1; 0: none].",
+)
+def serve(
+    db: str | None, host: str, port: int, mqtt: str | None, ingest_workers: int | None
+) -> None:
     """Run the API server (and MQTT ingest with --mqtt)."""
-    _run_server(_open(db), host, port, mqtt)
+    _run_server(_open(db), host, port, mqtt, ingest_workers)
 
 
 @main.command()

@@ -139,7 +139,16 @@ def _from_key_value(name: str, raw: Any) -> dict[str, Any]:
     return {"type": PROPERTY, "value": _check_value(name, raw)}
 
 
+# The shape nearly every sensor reading has: a Property with a number, a time and a unit.
+_READING_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode"})
+
+
 def parse_attribute(name: str, raw: Any, ctx: LdContext, depth: int) -> dict[str, Any]:
+    if type(raw) is dict and raw.get("type") == PROPERTY and _READING_MEMBERS.issuperset(raw):
+        value: Any = raw.get("value")
+        vt = type(value)
+        if (vt is int or (vt is float and math.isfinite(value))) and name not in GEO_ATTRIBUTES:
+            return _reading(name, value, raw)
     if isinstance(raw, list):
         raise bad_request(
             f"attribute {name!r}: multi-attributes (several instances, datasetId) "
@@ -193,6 +202,19 @@ def parse_attribute(name: str, raw: Any, ctx: LdContext, depth: int) -> dict[str
             raise bad_request(f"attribute {name!r} is nested too deeply", attribute=name)
         sub_name = ctx.to_canonical(check_name(key))
         attr[sub_name] = parse_attribute(f"{name}.{sub_name}", sub, ctx, depth + 1)
+    return attr
+
+
+def _reading(name: str, value: float, raw: dict[str, Any]) -> dict[str, Any]:
+    """``parse_attribute`` for a numeric Property with only observedAt and unitCode."""
+    attr: dict[str, Any] = {"type": PROPERTY, "value": value}
+    if "observedAt" in raw:
+        attr["observedAt"] = normalise_time(raw["observedAt"], f"{name}.observedAt")
+    if "unitCode" in raw:
+        unit = raw["unitCode"]
+        if not isinstance(unit, str) or not 0 < len(unit) <= 16:
+            raise bad_request(f"attribute {name!r}: unitCode must be a short string")
+        attr["unitCode"] = unit
     return attr
 
 
@@ -290,21 +312,28 @@ def observations(entity: Entity, received_at: datetime) -> list[Observation]:
     """
     rows: list[Observation] = []
     eid, etype = entity["id"], entity.get("type", "")
+    make = _new_observation
     for name, attr in entity.items():
-        if name in ("id", "type") or attr.get("type") != PROPERTY:
+        if name in _MEMBERS or attr.get("type") != PROPERTY:
             continue
         value = attr["value"]
         observed = attr.get("observedAt")
         at = parse_time(observed) if observed else received_at
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            rows.append(Observation(eid, etype, name, at, float(value), None, attr.get("unitCode")))
+        kind = type(value)
+        row: tuple[Any, ...]
+        if kind is float or kind is int:
+            row = (eid, etype, name, at, float(value), None, attr.get("unitCode"))
         else:
-            rows.append(
-                Observation(
-                    eid, etype, name, at, None, orjson.dumps(value).decode(), attr.get("unitCode")
-                )
-            )
+            num = float(value) if isinstance(value, int | float) and kind is not bool else None
+            text = None if num is not None else orjson.dumps(value).decode()
+            row = (eid, etype, name, at, num, text, attr.get("unitCode"))
+        rows.append(make(Observation, row))
     return rows
+
+
+_MEMBERS = frozenset({"id", "type"})
+# Building the tuple directly skips the named tuple's keyword-handling constructor.
+_new_observation = tuple.__new__
 
 
 def attribute_names(entity: Entity) -> list[str]:

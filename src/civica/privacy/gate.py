@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from civica.core.entity import GEO_PROPERTY, RELATIONSHIP, Entity
+from civica.core.entity import GEO_PROPERTY, PROPERTY, RELATIONSHIP, Entity
 from civica.core.problems import PRIVACY_VIOLATION, Problem, bad_request
 from civica.core.timefmt import normalise_time
 from civica.core.units import to_canonical
@@ -29,6 +29,7 @@ from civica.privacy.catalogue import RELATIONSHIP as REL_KIND
 from civica.privacy.forbidden import forbidden_keys, forbidden_name, forbidden_value
 
 _CORE_MEMBERS = frozenset({"type", "value", "object", "languageMap", "observedAt", "unitCode"})
+_READING = frozenset({"type", "value", "observedAt", "unitCode"})
 
 
 def refusal(attribute: str, why: str) -> Problem:
@@ -92,6 +93,11 @@ class PrivacyGate:
                 attribute=name,
             )
         attr = dict(attr)
+        if decl.kind == NUMBER and attr.get("type") == PROPERTY and _READING.issuperset(attr):
+            value = attr.get("value")
+            if type(value) is float or type(value) is int:  # a plain reading: no content to scan
+                attr["value"] = _in_units(decl, name, float(value) if decl.unit else value, attr)
+                return attr
         for key in attr:
             if key in _CORE_MEMBERS:
                 continue

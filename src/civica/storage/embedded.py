@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import orjson
@@ -33,6 +34,9 @@ from civica.core.store import (
 SCHEMA_VERSION = 1
 # Recent observations are moved into the sorted history once this many have arrived.
 COMPACT_ROWS = 1_000_000
+# Current states kept in memory as their JSON documents (about 0.5 KB each), so the ingest
+# path reads the states it merges without a query. 0 turns the cache off.
+STATE_CACHE = 200_000
 # The whole temporal history: sorted runs plus the recent, arrival-ordered tail.
 _HISTORY = "(select * from observations union all select * from observations_recent)"
 _TS = pa.timestamp("us", tz="UTC")
@@ -103,8 +107,10 @@ class DuckDBStore:
         *,
         memory_limit: str = "1GB",
         compact_rows: int = COMPACT_ROWS,
+        state_cache: int = STATE_CACHE,
     ) -> None:
         self.compact_rows = compact_rows
+        self._states = _StateCache(state_cache)
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -144,36 +150,71 @@ class DuckDBStore:
     def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
         if not ids:
             return {}
-        wanted = pa.table({"id": pa.array(list(dict.fromkeys(ids)), pa.string())})
+        found: dict[str, StoredEntity] = {}
+        missing: list[str] = []
+        states = self._states
+        for eid in dict.fromkeys(ids):
+            hit = states.get(tenant, eid)
+            if hit is None:
+                missing.append(eid)
+            else:
+                found[eid] = StoredEntity(orjson.loads(hit.doc), hit.created_at, hit.modified_at)
+        if not missing:
+            return found
+        generation = states.generation
+        wanted = pa.table({"id": pa.array(missing, pa.string())})
         cur = self._cursor()
         cur.register("wanted_ids", wanted)
         try:
             # Find the rows by key first and fetch their documents after: joining on the
             # documents directly drags every stored document through the join (twice as slow).
             rows = cur.execute(
-                "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+                "select doc, epoch_us(created_at), epoch_us(modified_at), attrs, "
+                "min_lon, min_lat, max_lon, max_lat from entities "
                 "where rowid in (select e.rowid from entities e join wanted_ids w "
                 "on e.id = w.id where e.tenant = ?)",
                 [tenant],
             ).fetchall()
         finally:
             cur.unregister("wanted_ids")
-        return {s.id: s for s in (_stored(r) for r in rows)}
+        fetched = [(_stored(r), r) for r in rows]
+        with self._write_lock:  # a write since the read made these rows stale for the cache
+            if states.generation == generation:
+                for stored, row in fetched:
+                    box = None if row[4] is None else (row[4], row[5], row[6], row[7])
+                    states.put(tenant, stored.id, _state_of(stored, row[0], tuple(row[3]), box))
+        found.update((stored.id, stored) for stored, _ in fetched)
+        return found
 
     def write(
         self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
     ) -> None:
         # One INSERT OR REPLACE cannot hold a key twice (DuckDB keeps the first): last one wins.
         entities = list({s.id: s for s in entities}.values())
-        ent_table = _entity_table(tenant, entities) if entities else None
+        docs = [orjson.dumps(s.entity).decode() for s in entities]
+        attrs = [tuple(k for k in s.entity if k not in ("id", "type")) for s in entities]
+        boxes = _bboxes(entities)
+        states = [
+            _state_of(s, doc, names, box)
+            for s, doc, names, box in zip(entities, docs, attrs, boxes, strict=True)
+        ]
         obs_table = _observation_table(tenant, observations) if observations else None
         with self._write_lock:
             con = self._con
+            # A reading changes an entity's document and modification time only: then only
+            # those two columns are updated (DuckDB updates column by column).
+            cache = self._states
+            same = bool(entities) and cache.same_shape(tenant, states)
+            self._states.generation += 1
             con.execute("begin")
             try:
-                if ent_table is not None:
-                    con.register("new_entities", ent_table)
-                    _replace_entities(con)
+                if same:
+                    con.register("new_docs", _doc_table(entities, docs))
+                    con.execute(_UPDATE_DOCS, [tenant])
+                    con.unregister("new_docs")
+                elif entities:
+                    con.register("new_entities", _entity_table(tenant, entities, states))
+                    _replace_entities(con, cache.classify(tenant, states))
                     con.unregister("new_entities")
                 if obs_table is not None:
                     con.register("new_observations", obs_table)
@@ -182,7 +223,10 @@ class DuckDBStore:
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
+                cache.drop(tenant, [s.id for s in entities])
                 raise
+            for state in states:
+                cache.put(tenant, state.id, state)
             self._recent_rows += len(observations)
             if self._recent_rows >= self.compact_rows:
                 self._compact()
@@ -214,6 +258,8 @@ class DuckDBStore:
         if not ids:
             return []
         with self._write_lock:
+            self._states.generation += 1
+            self._states.drop(tenant, ids)
             rows = self._con.execute(
                 "delete from entities where tenant = ? and list_contains(?, id) returning id",
                 [tenant, list(dict.fromkeys(ids))],
@@ -422,6 +468,10 @@ class DuckDBStore:
             self._con.close()
 
 
+_UPDATE_DOCS = (
+    "update entities e set doc = n.doc, modified_at = n.modified_at "
+    "from new_docs n where e.tenant = ? and e.id = n.id"
+)
 _UPDATE_STATES = (
     "update entities e set type = n.type, doc = n.doc, min_lon = n.min_lon, "
     "min_lat = n.min_lat, max_lon = n.max_lon, max_lat = n.max_lat, "
@@ -430,17 +480,21 @@ _UPDATE_STATES = (
 )
 
 
-def _replace_entities(con: duckdb.DuckDBPyConnection) -> None:
+def _replace_entities(con: duckdb.DuckDBPyConnection, known: tuple[bool, bool] | None) -> None:
     """INSERT OR REPLACE the rows of ``new_entities``, the way DuckDB does it cheaply.
 
     DuckDB rewrites a LIST column (``attrs``) at several times the cost of the rest of the
     row, and INSERT OR REPLACE rewrites every column; a reading rarely changes the attribute
     set. So: update the scalar columns, ``attrs`` only where the set changed, insert new rows.
+    ``known`` is (any row missing, any attribute set changed) when the state cache could tell.
     """
-    missing, changed = con.execute(
-        "select bool_or(e.id is null), bool_or(e.attrs <> n.attrs) from new_entities n "
-        "left join entities e on e.tenant = n.tenant and e.id = n.id"
-    ).fetchall()[0]
+    if known is None:
+        missing, changed = con.execute(
+            "select bool_or(e.id is null), bool_or(e.attrs <> n.attrs) from new_entities n "
+            "left join entities e on e.tenant = n.tenant and e.id = n.id"
+        ).fetchall()[0]
+    else:
+        missing, changed = known
     con.execute(_UPDATE_STATES)
     if changed:
         con.execute(
@@ -452,6 +506,80 @@ def _replace_entities(con: duckdb.DuckDBPyConnection) -> None:
             "insert into entities select n.* from new_entities n "
             "anti join entities e on e.tenant = n.tenant and e.id = n.id"
         )
+
+
+class _CachedState(NamedTuple):
+    id: str
+    type: str
+    doc: str
+    attrs: tuple[str, ...]
+    bbox: tuple[float, ...] | None
+    created_at: datetime
+    modified_at: datetime
+
+
+def _state_of(
+    stored: StoredEntity, doc: str, attrs: tuple[str, ...], bbox: tuple[float, ...] | None
+) -> _CachedState:
+    return _CachedState(
+        stored.id, stored.type, doc, attrs, bbox, stored.created_at, stored.modified_at
+    )
+
+
+class _StateCache:
+    """Recently written or read entity states, by (tenant, id); bounded, oldest out first.
+
+    It only ever holds what the database holds: writes put their rows after the commit,
+    deletes and failed writes drop theirs, and a read fills it only if no write happened
+    since the read began (``generation``). Callers hold the store's write lock to change it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.generation = 0
+        self._rows: dict[tuple[str, str], _CachedState] = {}
+
+    def get(self, tenant: str, eid: str) -> _CachedState | None:
+        return self._rows.get((tenant, eid))
+
+    def put(self, tenant: str, eid: str, state: _CachedState) -> None:
+        if self.capacity <= 0:
+            return
+        rows = self._rows
+        rows.pop((tenant, eid), None)  # re-inserted at the young end
+        rows[(tenant, eid)] = state
+        if len(rows) > self.capacity:
+            for key in list(itertools.islice(rows, max(1, self.capacity // 8))):
+                del rows[key]
+
+    def drop(self, tenant: str, ids: Iterable[str]) -> None:
+        for eid in ids:
+            self._rows.pop((tenant, eid), None)
+
+    def classify(self, tenant: str, states: Sequence[_CachedState]) -> tuple[bool, bool] | None:
+        """(any id not stored, any attribute set changed), or None if the cache cannot tell."""
+        changed = False
+        for state in states:
+            hit = self._rows.get((tenant, state.id))
+            if hit is None:
+                return None
+            changed = changed or hit.attrs != state.attrs
+        return False, changed
+
+    def same_shape(self, tenant: str, states: Sequence[_CachedState]) -> bool:
+        """Whether every entity is stored with the same type, attributes, box and creation."""
+        rows = self._rows
+        for state in states:
+            hit = rows.get((tenant, state.id))
+            if (
+                hit is None
+                or hit.attrs != state.attrs
+                or hit.bbox != state.bbox
+                or hit.type != state.type
+                or hit.created_at != state.created_at
+            ):
+                return False
+        return True
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -492,18 +620,17 @@ def _bboxes(entities: Iterable[StoredEntity]) -> list[tuple[float, ...] | None]:
     return out
 
 
-def _entity_table(tenant: str, entities: Sequence[StoredEntity]) -> pa.Table:
-    boxes = _bboxes(entities)
+def _entity_table(
+    tenant: str, entities: Sequence[StoredEntity], states: Sequence[_CachedState]
+) -> pa.Table:
+    boxes = [s.bbox for s in states]
     return pa.table(
         {
             "tenant": pa.array([tenant] * len(entities), pa.string()),
-            "id": [s.id for s in entities],
-            "type": [s.type for s in entities],
-            "doc": [orjson.dumps(s.entity).decode() for s in entities],
-            "attrs": pa.array(
-                [[k for k in s.entity if k not in ("id", "type")] for s in entities],
-                pa.list_(pa.string()),
-            ),
+            "id": [s.id for s in states],
+            "type": [s.type for s in states],
+            "doc": pa.array([s.doc for s in states], pa.string()),
+            "attrs": pa.array([s.attrs for s in states], pa.list_(pa.string())),
             "min_lon": pa.array([b[0] if b else None for b in boxes], pa.float64()),
             "min_lat": pa.array([b[1] if b else None for b in boxes], pa.float64()),
             "max_lon": pa.array([b[2] if b else None for b in boxes], pa.float64()),
@@ -514,24 +641,32 @@ def _entity_table(tenant: str, entities: Sequence[StoredEntity]) -> pa.Table:
     )
 
 
+def _doc_table(entities: Sequence[StoredEntity], docs: Sequence[str]) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array([s.id for s in entities], pa.string()),
+            "doc": pa.array(docs, pa.string()),
+            "modified_at": pa.array([s.modified_at for s in entities], _TS),
+        }
+    )
+
+
 def _observation_table(tenant: str, rows: Sequence[Observation]) -> pa.Table:
+    ids, types, attributes, times, nums, texts, units = zip(*rows, strict=True)
     keys: dict[str, int] = {}
-    ekeys = []
-    for o in rows:
-        k = keys.get(o.entity_id)
-        if k is None:
-            k = keys[o.entity_id] = entity_key(tenant, o.entity_id)
-        ekeys.append(k)
+    for eid in ids:
+        if eid not in keys:
+            keys[eid] = entity_key(tenant, eid)
     return pa.table(
         {
             "tenant": pa.array([tenant] * len(rows), pa.string()),
-            "entity_key": pa.array(ekeys, pa.int64()),
-            "entity_id": pa.array([o.entity_id for o in rows], pa.string()),
-            "entity_type": pa.array([o.entity_type for o in rows], pa.string()),
-            "attribute": pa.array([o.attribute for o in rows], pa.string()),
-            "observed_at": pa.array([o.observed_at for o in rows], _TS),
-            "value_num": pa.array([o.value_num for o in rows], pa.float64()),
-            "value_json": pa.array([o.value_json for o in rows], pa.string()),
-            "unit": pa.array([o.unit for o in rows], pa.string()),
+            "entity_key": pa.array(list(map(keys.__getitem__, ids)), pa.int64()),
+            "entity_id": pa.array(ids, pa.string()),
+            "entity_type": pa.array(types, pa.string()),
+            "attribute": pa.array(attributes, pa.string()),
+            "observed_at": pa.array(times, _TS),
+            "value_num": pa.array(nums, pa.float64()),
+            "value_json": pa.array(texts, pa.string()),
+            "unit": pa.array(units, pa.string()),
         }
     )

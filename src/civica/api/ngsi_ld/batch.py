@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from civica.api.http import json_response, options_of, read_body, tenant_of
+from civica.api.http import JSON, json_response, link_context, options_of, read_body, tenant_of
 from civica.api.ngsi_ld.schemas import ENTITY_LIST, ID_LIST, body
 from civica.api.services import Services, services
 from civica.core.problems import bad_request
@@ -59,19 +59,32 @@ async def batch_create(request: Request, svc: Services = Depends(services)) -> R
 @router.post("/upsert", summary="Batch upsert", openapi_extra=body(ENTITY_LIST))
 async def batch_upsert(request: Request, svc: Services = Depends(services)) -> Response:
     svc.keys.require(request.headers.get("Authorization"), "write")
-    doc, ctx, _ = await read_body(request, svc.resolver)
     options = options_of(request)
-    out = await run_in_threadpool(
-        svc.ingest.upsert,
-        tenant_of(request),
-        _entities(doc, svc),
-        ctx,
-        key_values="keyValues" in options,
-        replace="replace" in options,
-    )
+    tenant = tenant_of(request)
+    kv, replace = "keyValues" in options, "replace" in options
+    if _plain_json(request):  # the sensors' usual case: admitted as bytes, maybe elsewhere
+        out = await run_in_threadpool(
+            svc.ingest.upsert_body,
+            tenant,
+            await request.body(),
+            key_values=kv,
+            replace=replace,
+            max_batch=svc.settings.max_batch,
+        )
+    else:
+        doc, ctx, _ = await read_body(request, svc.resolver)
+        out = await run_in_threadpool(
+            svc.ingest.upsert, tenant, _entities(doc, svc), ctx, key_values=kv, replace=replace
+        )
     if out.created:
         return _result(out, 201, out.created)
     return _result(out, 204, None)
+
+
+def _plain_json(request: Request) -> bool:
+    """application/json in the core context: no Link header naming another context."""
+    ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    return ctype == JSON and link_context(request) is None
 
 
 @router.post("/update", summary="Batch update", openapi_extra=body(ENTITY_LIST))
