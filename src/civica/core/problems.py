@@ -40,6 +40,7 @@ PAYLOAD_TOO_LARGE = ProblemKind("PayloadTooLarge", 413, CIVICA_ERRORS)
 UNSUPPORTED_MEDIA_TYPE = ProblemKind("UnsupportedMediaType", 415, CIVICA_ERRORS)
 NOT_ACCEPTABLE = ProblemKind("NotAcceptable", 406, CIVICA_ERRORS)
 PRIVACY_VIOLATION = ProblemKind("PrivacyViolation", 400, CIVICA_ERRORS)
+WRITE_NOT_STORED = ProblemKind("WriteNotStored", 503, CIVICA_ERRORS)
 
 
 class Problem(Exception):  # noqa: N818 - named after RFC 9457 problem details

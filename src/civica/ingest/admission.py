@@ -116,6 +116,8 @@ class AdmissionPool:
             initializer=_start_worker,
             initargs=(gate.catalogue,),
         )
+        # Start the workers now (a second or so), not on the first batch a sensor sends.
+        self._pool.submit(len, b"").result()
 
     def admit_body(
         self, raw: bytes, key_values: bool, max_batch: int

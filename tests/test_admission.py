@@ -1,0 +1,93 @@
+"""Batch bodies admitted in worker processes give exactly what admission here gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from civica.app import domain_catalogue
+from civica.core.problems import Problem
+from civica.ingest.admission import MIN_OFFLOAD_BYTES, AdmissionPool, admit_body
+from civica.privacy.gate import PrivacyGate
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[AdmissionPool]:
+    admission = AdmissionPool(PrivacyGate(domain_catalogue()), workers=1)
+    yield admission
+    admission.close()
+
+
+def reading(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": f"urn:ngsi-ld:WaterObserved:w{n}",
+        "type": "WaterObserved",
+        "pressure": {
+            "type": "Property",
+            "value": 30 + n % 7,
+            "unitCode": "MTR",
+            "observedAt": f"2026-03-01T08:{n % 60:02d}:00+01:00",
+        },
+        "flow": {"type": "Property", "value": 1.5, "unitCode": "G51"},  # L/s → m³/s
+        **extra,
+    }
+
+
+def big_body(docs: list[Any]) -> bytes:
+    body = orjson.dumps(docs)
+    assert len(body) >= MIN_OFFLOAD_BYTES  # really sent to the worker
+    return body
+
+
+def summary(result: tuple[list[Any], list[tuple[str | None, Problem]]]) -> Any:
+    good, errors = result
+    return good, [(eid, p.kind, p.status, p.detail, p.to_dict()) for eid, p in errors]
+
+
+def test_the_worker_admits_and_refuses_like_the_server(pool: AdmissionPool) -> None:
+    docs: list[Any] = [reading(n) for n in range(300)]
+    docs[7] = reading(7, faceEmbedding={"type": "Property", "value": [0.1, 0.2]})
+    docs[8] = reading(8, pressure={"type": "Property", "value": 1e9, "unitCode": "MTR"})
+    docs[9] = {"id": "not a uri", "type": "WaterObserved"}
+    docs[10] = "not an entity"
+    body = big_body(docs)
+    here = admit_body(pool.gate, body, False, 10_000)
+    there = pool.admit_body(body, False, 10_000)
+    assert summary(there) == summary(here)
+    good, errors = there
+    assert len(good) == 296 and len(errors) == 4
+    assert good[0]["flow"]["value"] == pytest.approx(0.0015)  # converted to the canonical unit
+    assert good[0]["pressure"]["observedAt"] == "2026-03-01T07:00:00.000Z"  # in UTC
+    assert [p.kind.name for _, p in errors] == [
+        "PrivacyViolation",
+        "BadRequestData",
+        "BadRequestData",
+        "BadRequestData",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"[" + b" " * MIN_OFFLOAD_BYTES + b"{", "InvalidRequest"),
+        (orjson.dumps({"id": "x" * MIN_OFFLOAD_BYTES}), "BadRequestData"),
+    ],
+)
+def test_a_refused_body_is_refused_whole(pool: AdmissionPool, body: bytes, kind: str) -> None:
+    with pytest.raises(Problem) as refused:
+        pool.admit_body(body, False, 10_000)
+    assert refused.value.kind.name == kind
+    assert refused.value.status == 400
+
+
+def test_too_many_items(pool: AdmissionPool) -> None:
+    with pytest.raises(Problem, match="at most 100 items"):
+        pool.admit_body(big_body([reading(n) for n in range(300)]), False, 100)
+
+
+def test_small_bodies_stay_here(pool: AdmissionPool) -> None:
+    good, errors = pool.admit_body(orjson.dumps([reading(1)]), False, 10_000)
+    assert [e["id"] for e in good] == ["urn:ngsi-ld:WaterObserved:w1"] and errors == []
