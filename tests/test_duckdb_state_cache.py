@@ -11,8 +11,7 @@ import pytest
 
 from civica.core.geo import GeoQuery
 from civica.core.store import EntityQuery, StoredEntity
-from civica.storage import DuckDBStore
-from civica.storage import embedded
+from civica.storage import DuckDBStore, embedded
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 EID = "urn:ngsi-ld:WaterObserved:s1"
@@ -22,7 +21,7 @@ def state(pressure: float, lon: float = 4.35, minutes: int = 0, **extra: Any) ->
     entity = {
         "id": EID,
         "type": "WaterObserved",
-        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, 50.85]}},
+        "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, 50.8]}},
         "pressure": {"type": "Property", "value": pressure, "unitCode": "MTR"},
         **extra,
     }
@@ -58,15 +57,15 @@ def test_a_reading_updates_document_and_time_and_keeps_the_row_findable(
     assert got.entity["pressure"]["value"] == 4.0
     assert got.modified_at == T0 + timedelta(minutes=4)
     assert from_file(store)["pressure"]["value"] == 4.0
-    near = GeoQuery("near", {"type": "Point", "coordinates": [4.35, 50.85]}, max_distance=100)
+    near = GeoQuery("near", {"type": "Point", "coordinates": [4.35, 50.8]}, max_distance=100)
     assert [s.id for s in store.query_entities("default", EntityQuery(geo=near)).items] == [EID]
 
 
 def test_a_moved_entity_is_found_at_its_new_place(store: DuckDBStore) -> None:
     store.write("default", [state(1.0)], [])
     store.write("default", [state(1.0, lon=4.40, minutes=1)], [])
-    old = GeoQuery("near", {"type": "Point", "coordinates": [4.35, 50.85]}, max_distance=100)
-    new = GeoQuery("near", {"type": "Point", "coordinates": [4.40, 50.85]}, max_distance=100)
+    old = GeoQuery("near", {"type": "Point", "coordinates": [4.35, 50.8]}, max_distance=100)
+    new = GeoQuery("near", {"type": "Point", "coordinates": [4.40, 50.8]}, max_distance=100)
     assert store.query_entities("default", EntityQuery(geo=old)).items == []
     assert [s.id for s in store.query_entities("default", EntityQuery(geo=new)).items] == [EID]
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,11 +28,13 @@ from civica.core.store import (
     DeadLetter,
     EntityPage,
     EntityQuery,
+    HistoryDocuments,
     ObservationQuery,
     Store,
     StoredEntity,
     TypeInfo,
 )
+from civica.core.temporal import instances
 from civica.storage import DuckDBStore, MemoryStore
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -73,6 +76,12 @@ class ReopeningStore:
 
     def query_entities(self, tenant: str, query: EntityQuery) -> EntityPage:
         return self.inner.query_entities(tenant, query)
+
+    def query_entity_documents(self, tenant: str, query: EntityQuery) -> tuple[list[str], int]:
+        return self.inner.query_entity_documents(tenant, query)
+
+    def history_documents(self, tenant: str, query: ObservationQuery) -> HistoryDocuments:
+        return self.inner.history_documents(tenant, query)
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
         return self.inner.entity_types(tenant)
@@ -463,6 +472,9 @@ def test_query_entities(town_store: Store, query: EntityQuery, expected: list[st
     page = town_store.query_entities("default", query)
     assert ids_of(page) == expected[: query.limit]
     assert page.total == len(expected)
+    docs, total = town_store.query_entity_documents("default", query)
+    assert [orjson.loads(d) for d in docs] == [s.entity for s in page.items]
+    assert total == page.total
 
 
 @pytest.mark.parametrize(
@@ -957,3 +969,63 @@ def test_memory_and_duckdb_agree_on_geo_queries(
         mem, duck = (s.query_entities(tenant, query) for s in twin_stores)
         assert ids_of(duck) == ids_of(mem)
         assert ids_of(mem) == sorted(e["id"] for e in entities if geo.matches(e))
+
+
+# ---- history rendered by the store ---------------------------------------------------------
+
+MIXED = "urn:ngsi-ld:WaterObserved:mixed"
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {},
+        {"start": at(2), "end": at(7)},
+        {"attrs": ("pressure", "status")},
+        {"attrs": ("nothing",)},
+        {"start": at(100)},
+    ],
+    ids=["all", "window", "attrs", "no-attr", "empty-window"],
+)
+def test_history_documents_match_the_instances(store: Store, window: dict[str, Any]) -> None:
+    """The store's own JSON of a one-entity history decodes to what ``instances`` renders."""
+    values: list[tuple[str, Any, str | None]] = [
+        ("pressure", 31.25, "MTR"),
+        ("pressure", 0.1 + 0.2, "MTR"),
+        ("pressure", 1e-07, "MTR"),
+        ("pressure", -2.0, "MTR"),
+        ("pressure", 1e21, "MTR"),
+        ("status", "open \"valve\" ünïcode", None),
+        ("status", True, None),
+        ("status", {"nested": [1, None, "x"]}, None),
+        ("flow", 12.0, None),
+    ]
+    rows = []
+    for minute, (attr, value, unit) in enumerate(values):
+        number = isinstance(value, float)
+        rows.append(
+            Observation(
+                MIXED,
+                "WaterObserved",
+                attr,
+                at(minute) + timedelta(microseconds=123_456),
+                value if number else None,
+                None if number else orjson.dumps(value).decode(),
+                unit,
+            )
+        )
+    rows.append(Observation(MIXED + "x", "WaterObserved", "pressure", at(3), 9.0, None, "MTR"))
+    store.write("default", [], rows)
+    query = ObservationQuery(entity_ids=(MIXED,), **window)
+    expected = store.query_observations("default", query)
+    docs = store.history_documents("default", query)
+    assert docs.instances == len(expected)
+    assert docs.entity_type == ("WaterObserved" if expected else None)
+    got = {name: orjson.loads(array) for name, array in docs.attributes}
+    want: dict[str, list[dict[str, Any]]] = {}
+    for o in expected:
+        want.setdefault(o.attribute, []).extend(instances([o]))
+    assert got == want
+    assert [name for name, _ in docs.attributes] == sorted(want)
+    if not window:
+        assert got["pressure"][0]["observedAt"] == "2026-03-01T08:00:00.123Z"

@@ -72,6 +72,15 @@ class EntityPage:
 
 
 @dataclass(frozen=True)
+class HistoryDocuments:
+    """See ``Store.history_documents``."""
+
+    entity_type: str | None  # None when the window holds no instance
+    attributes: list[tuple[str, str]]  # (attribute, JSON array of its instances)
+    instances: int
+
+
+@dataclass(frozen=True)
 class ObservationQuery:
     """A query over the temporal history; times are UTC, ``end`` exclusive."""
 
@@ -135,10 +144,28 @@ class Store(Protocol):
 
     def query_entities(self, tenant: str, query: EntityQuery) -> EntityPage: ...
 
+    def query_entity_documents(self, tenant: str, query: EntityQuery) -> tuple[list[str], int]:
+        """The page of ``query_entities`` as the entities' JSON documents, and the total.
+
+        Lets the API answer the commonest query (core context, no projection, no options)
+        without decoding and re-encoding every entity.
+        """
+        ...
+
     def entity_types(self, tenant: str) -> list[TypeInfo]: ...
 
     def query_observations(self, tenant: str, query: ObservationQuery) -> list[Observation]:
         """Observations ordered by entity, attribute, time."""
+        ...
+
+    def history_documents(self, tenant: str, query: ObservationQuery) -> HistoryDocuments:
+        """One entity's history (``query.entity_ids`` names one) as NGSI-LD JSON, per attribute.
+
+        Each attribute's instances are one JSON array of normalized Property instances
+        (type, value, observedAt, unitCode), oldest first: what the temporal API sends for a
+        plain history, built without one Python object per instance. ``last_n`` and
+        ``limit`` are not applied: the caller checks ``instances`` against its own bound.
+        """
         ...
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...

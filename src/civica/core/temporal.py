@@ -24,6 +24,7 @@ import orjson
 
 from civica.core.entity import Observation
 from civica.core.problems import bad_request
+from civica.core.timefmt import format_time
 
 # NGSI-LD aggrMethods (ETSI GS CIM 009, 4.5.19). ``stddev`` is the population standard
 # deviation of the numeric values in a period.
@@ -59,6 +60,23 @@ def observed_value(obs: Observation) -> Any:
     if obs.value_num is not None:
         return obs.value_num
     return orjson.loads(obs.value_json) if obs.value_json is not None else None
+
+
+def instances(rows: Sequence[Observation]) -> list[dict[str, Any]]:
+    """Rows as normalized NGSI-LD Property instances, in their order."""
+    # The hot path of a one-entity history: one dict per row, no intermediate objects.
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for o in rows:
+        instance = {
+            "type": "Property",
+            "value": o.value_num if o.value_num is not None else observed_value(o),
+            "observedAt": format_time(o.observed_at),
+        }
+        if o.unit is not None:
+            instance["unitCode"] = o.unit
+        append(instance)
+    return out
 
 
 def parse_duration(text: str) -> timedelta:

@@ -26,6 +26,7 @@ from civica.core.store import (
     DeadLetter,
     EntityPage,
     EntityQuery,
+    HistoryDocuments,
     ObservationQuery,
     StoredEntity,
     TypeInfo,
@@ -268,6 +269,15 @@ class DuckDBStore:
         return [i for i in dict.fromkeys(ids) if i in found]
 
     def query_entities(self, tenant: str, query: EntityQuery) -> EntityPage:
+        rows, total = self._entity_rows(tenant, query)
+        return EntityPage([_stored(r) for r in rows], total)
+
+    def query_entity_documents(self, tenant: str, query: EntityQuery) -> tuple[list[str], int]:
+        rows, total = self._entity_rows(tenant, query)
+        return [r[0] for r in rows], total
+
+    def _entity_rows(self, tenant: str, query: EntityQuery) -> tuple[list[tuple[Any, ...]], int]:
+        """The page's rows (document, created and modified in us) and the total count."""
         where: list[str] = ["tenant = ?"]
         params: list[Any] = [tenant]
         if query.types is not None:
@@ -288,10 +298,6 @@ class DuckDBStore:
                 params.extend([box[2], box[0], box[3], box[1]])
         clause = " and ".join(where)
         cur = self._cursor()
-        sql = (
-            "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
-            f"where {clause} order by id"
-        )
         if query.q is None and query.geo is None and query.id_pattern is None:
             total = cur.execute(f"select count(*) from entities where {clause}", params).fetchall()
             # LIMIT/OFFSET are BIGINT in DuckDB; beyond that no page can hold rows anyway.
@@ -303,10 +309,14 @@ class DuckDBStore:
                 f"where rowid in (select rowid from entities where {clause} order by id "
                 "limit ? offset ?) order by id",
                 [*params, *page],
-            )
-            return EntityPage([_stored(r) for r in rows.fetchall()], int(total[0][0]))
-        hits = [s for s in map(_stored, cur.execute(sql, params).fetchall()) if query.matches(s)]
-        return EntityPage(hits[query.offset : query.offset + query.limit], len(hits))
+            ).fetchall()
+            return rows, int(total[0][0])
+        sql = (
+            "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+            f"where {clause} order by id"
+        )
+        hits = [r for r in cur.execute(sql, params).fetchall() if query.matches(_stored(r))]
+        return hits[query.offset : query.offset + query.limit], len(hits)
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
         rows = (
@@ -367,6 +377,42 @@ class DuckDBStore:
             for r in rows
             if wanted is None or r[0] in wanted
         ]
+
+    def history_documents(self, tenant: str, query: ObservationQuery) -> HistoryDocuments:
+        if query.entity_ids is None or len(query.entity_ids) != 1:
+            raise ValueError("history_documents reads the history of one entity")
+        eid = query.entity_ids[0]
+        where = ["tenant = ?", "entity_key = ?"]
+        params: list[Any] = [tenant, entity_key(tenant, eid)]
+        if query.attrs is not None:
+            where.append("list_contains(?, attribute)")
+            params.append(list(query.attrs))
+        if query.start is not None:
+            where.append("observed_at >= ?")
+            params.append(query.start)
+        if query.end is not None:
+            where.append("observed_at < ?")
+            params.append(query.end)
+        # The id is checked exactly inside the aggregates (only on rows the key selected).
+        rows = (
+            self._cursor()
+            .execute(
+                "select attribute, any_value(entity_type) filter (where entity_id = ?), "
+                "count(*) filter (where entity_id = ?), "
+                f"string_agg({_INSTANCE_JSON}, ',' order by observed_at) "
+                "filter (where entity_id = ?) "
+                f"from {_HISTORY} where {' and '.join(where)} "
+                "group by attribute order by attribute",
+                [eid, eid, eid, *params],
+            )
+            .fetchall()
+        )
+        found = [r for r in rows if r[2]]
+        return HistoryDocuments(
+            found[0][1] if found else None,
+            [(r[0], f"[{r[3]}]") for r in found],
+            sum(int(r[2]) for r in found),
+        )
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
@@ -468,6 +514,15 @@ class DuckDBStore:
             self._con.close()
 
 
+# One observation as a normalized NGSI-LD Property instance, rendered by DuckDB. The time
+# goes through a plain (zone-less) timestamp of the same UTC instant, so the session's time
+# zone never shifts it; doubles print in their shortest round-trip form.
+_INSTANCE_JSON = (
+    """'{"type":"Property","value":' || coalesce(cast(value_num as varchar), value_json) """
+    """|| ',"observedAt":"' || strftime(make_timestamp(epoch_us(observed_at)), """
+    """'%Y-%m-%dT%H:%M:%S.%gZ') || '"' || coalesce(',"unitCode":' || to_json(unit), '') """
+    """|| '}'"""
+)
 _UPDATE_DOCS = (
     "update entities e set doc = n.doc, modified_at = n.modified_at "
     "from new_docs n where e.tenant = ? and e.id = n.id"

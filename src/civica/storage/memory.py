@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from civica.core.entity import Entity, Observation
 from civica.core.store import (
@@ -13,10 +16,12 @@ from civica.core.store import (
     DeadLetter,
     EntityPage,
     EntityQuery,
+    HistoryDocuments,
     ObservationQuery,
     StoredEntity,
     TypeInfo,
 )
+from civica.core.temporal import instances, split_series
 
 
 class MemoryStore:
@@ -61,6 +66,20 @@ class MemoryStore:
             hits = [s for s in items if query.matches(s)]
             page = hits[query.offset : query.offset + query.limit]
             return EntityPage([_copy(s) for s in page], len(hits))
+
+    def history_documents(self, tenant: str, query: ObservationQuery) -> HistoryDocuments:
+        rows = self.query_observations(tenant, dataclasses.replace(query, last_n=None, limit=2**62))
+        series = split_series(rows)
+        only = next(iter(series.values()), {})
+        return HistoryDocuments(
+            rows[0].entity_type if rows else None,
+            [(name, orjson.dumps(instances(rs)).decode()) for name, rs in only.items()],
+            len(rows),
+        )
+
+    def query_entity_documents(self, tenant: str, query: EntityQuery) -> tuple[list[str], int]:
+        page = self.query_entities(tenant, query)
+        return [orjson.dumps(s.entity).decode() for s in page.items], page.total
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
         with self._lock:

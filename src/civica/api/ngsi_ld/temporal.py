@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from civica.api.http import (
+    JSON,
     comma_list,
     json_response,
     negotiate,
@@ -36,6 +38,7 @@ from civica.core.store import ObservationQuery
 from civica.core.temporal import (
     AGGREGATE_METHODS,
     aggregate,
+    instances,
     observed_value,
     parse_duration,
     split_series,
@@ -191,29 +194,13 @@ def render_history(
                     [b.value, format_time(b.start), format_time(b.end)] for b in buckets
                 ]
         else:
-            attr = _instances(rows)
+            attr = instances(rows)
         out[ctx.from_canonical(name)] = attr
     return out
 
 
-def _instances(rows: Sequence[Observation]) -> list[dict[str, Any]]:
-    # The hot path of a one-entity history: one dict per row, no intermediate objects.
-    out: list[dict[str, Any]] = []
-    append = out.append
-    for o in rows:
-        instance = {
-            "type": PROPERTY,
-            "value": o.value_num if o.value_num is not None else observed_value(o),
-            "observedAt": format_time(o.observed_at),
-        }
-        if o.unit is not None:
-            instance["unitCode"] = o.unit
-        append(instance)
-    return out
-
-
-def _bounded(rows: list[Observation]) -> list[Observation]:
-    if len(rows) > MAX_INSTANCES:
+def _bounded(rows: list[Observation], count: int | None = None) -> list[Observation]:
+    if (len(rows) if count is None else count) > MAX_INSTANCES:
         raise Problem(
             TOO_MANY_RESULTS,
             f"more than {MAX_INSTANCES} instances; narrow timerel, or use lastN or aggrMethods",
@@ -245,9 +232,18 @@ def retrieve_history(
     check_entity_id(entity_id)
     req = temporal_request(request.query_params, options_of(request))
     attrs = _attrs(request, ctx)
-    rows = _bounded(
-        svc.store.query_observations(tenant, req.observation_query((entity_id,), attrs))
-    )
+    query = req.observation_query((entity_id,), attrs)
+    if spec is None and output.media_type == JSON and req.form == NORMALIZED and not req.last_n:
+        # A plain history in the core context: the store renders the instances itself.
+        docs = svc.store.history_documents(tenant, query)
+        if docs.instances > MAX_INSTANCES:
+            _bounded([], docs.instances)  # raises TooManyResults
+        if docs.entity_type is not None:
+            head = orjson.dumps({"id": entity_id, "type": docs.entity_type})[:-1].decode()
+            parts = [f"{orjson.dumps(name).decode()}:{array}" for name, array in docs.attributes]
+            text = head + "".join("," + part for part in parts) + "}"
+            return Response(text.encode(), media_type=JSON)
+    rows = _bounded(svc.store.query_observations(tenant, query))
     # The common case costs one query; only an empty answer asks whether the entity exists.
     entity_type = rows[0].entity_type if rows else _type_without_history(svc, tenant, entity_id)
     series = split_series(rows).get(entity_id, {})
