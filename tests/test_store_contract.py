@@ -30,6 +30,7 @@ from civica.core.store import (
     EntityQuery,
     HistoryDocuments,
     ObservationQuery,
+    PreparedWrite,
     Store,
     StoredEntity,
     TypeInfo,
@@ -82,6 +83,15 @@ class ReopeningStore:
 
     def history_documents(self, tenant: str, query: ObservationQuery) -> HistoryDocuments:
         return self.inner.history_documents(tenant, query)
+
+    def prepare_write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> PreparedWrite:
+        return self.inner.prepare_write(tenant, entities, observations)
+
+    def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
+        self.inner.write_prepared(writes)
+        self._reopen()
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
         return self.inner.entity_types(tenant)
@@ -995,7 +1005,7 @@ def test_history_documents_match_the_instances(store: Store, window: dict[str, A
         ("pressure", 1e-07, "MTR"),
         ("pressure", -2.0, "MTR"),
         ("pressure", 1e21, "MTR"),
-        ("status", "open \"valve\" ünïcode", None),
+        ("status", 'open "valve" ünïcode', None),
         ("status", True, None),
         ("status", {"nested": [1, None, "x"]}, None),
         ("flow", 12.0, None),
@@ -1029,3 +1039,21 @@ def test_history_documents_match_the_instances(store: Store, window: dict[str, A
     assert [name for name, _ in docs.attributes] == sorted(want)
     if not window:
         assert got["pressure"][0]["observedAt"] == "2026-03-01T08:00:00.123Z"
+
+
+def test_prepared_writes_apply_in_order_in_one_go(store: Store) -> None:
+    L1, L2 = light(1)["id"], light(2)["id"]  # noqa: N806
+    first = store.prepare_write(
+        "default", [stored(light(1, level=0.1)), stored(light(2))], [obs(L1, "x", 1)]
+    )
+    second = store.prepare_write(
+        "default", [stored(light(1, level=0.9), modified=5)], [obs(L1, "x", 2)]
+    )
+    store.write_prepared([first, second])
+    got = store.get_entities("default", [L1, L2])
+    assert got[L1].entity == light(1, level=0.9)  # the later write wins
+    assert got[L1].modified_at == at(5)
+    assert L2 in got
+    history = store.query_observations("default", ObservationQuery(entity_ids=(L1,)))
+    assert [o.observed_at for o in history] == [at(1), at(2)]
+    store.write_prepared([])  # nothing to do

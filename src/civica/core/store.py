@@ -72,6 +72,16 @@ class EntityPage:
 
 
 @dataclass(frozen=True)
+class PreparedWrite:
+    """A ``write`` encoded ahead of time; ``payload`` is the backend's own."""
+
+    tenant: str
+    entities: Sequence[StoredEntity]
+    observations: Sequence[Observation]
+    payload: Any = None
+
+
+@dataclass(frozen=True)
 class HistoryDocuments:
     """See ``Store.history_documents``."""
 
@@ -136,6 +146,19 @@ class Store(Protocol):
         observations: Sequence[Observation],
     ) -> None:
         """Insert or replace entity states and append observations, in one transaction."""
+        ...
+
+    def prepare_write(
+        self,
+        tenant: str,
+        entities: Sequence[StoredEntity],
+        observations: Sequence[Observation],
+    ) -> PreparedWrite:
+        """Do the work of a ``write`` that needs no lock (encoding), for ``write_prepared``."""
+        ...
+
+    def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
+        """Apply prepared writes of one tenant, in order, in one transaction."""
         ...
 
     def delete_entities(self, tenant: str, ids: Sequence[str]) -> list[str]:

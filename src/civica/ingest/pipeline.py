@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from civica.core.problems import (
     bad_request,
     not_found,
 )
-from civica.core.store import Store, StoredEntity
+from civica.core.store import PreparedWrite, Store, StoredEntity
 from civica.ingest.admission import AdmissionPool, admit, admit_all, admit_body
 from civica.privacy.gate import PrivacyGate
 
@@ -209,7 +209,13 @@ class Ingest:
                 with self._pending_lock:
                     for eid, change in changes.items():
                         pending[(tenant, eid)] = change.stored
-                merged.append(_Merged(tenant, part, changes, now, self._merged_groups))
+                # The readings and the store's encoding are done here, outside the write
+                # stage, the busier of the two.
+                rows = _readings(changes.values(), now)
+                prepared = self.store.prepare_write(
+                    tenant, [c.stored for c in changes.values()], rows
+                )
+                merged.append(_Merged(tenant, part, changes, self._merged_groups, prepared))
             except BaseException as err:  # every caller of the part sees the failure
                 for job in part:
                     job.failure = err
@@ -230,19 +236,9 @@ class Ingest:
                         "not stored: the write of an earlier batch these entities were merged "
                         "with failed; send the batch again",
                     )
-                changes: dict[str, _Change] = {}
+                self.store.write_prepared([part.prepared for part in mine])
                 for part in mine:
-                    for eid, change in part.changes.items():
-                        before = changes.get(eid)
-                        # Merged twice: keep every reading and the last state.
-                        changes[eid] = (
-                            change
-                            if before is None
-                            else _Change(
-                                change.stored, before.fragments + change.fragments, before.created
-                            )
-                        )
-                self._commit(tenant, list(changes.values()), mine[-1].now)
+                    self._publish(tenant, list(part.changes.values()), part.prepared.observations)
             except BaseException as err:
                 # Later groups merged on top of these states: they must not be written either.
                 self._broken = self._merged_groups
@@ -480,11 +476,11 @@ class Ingest:
     def _commit(self, tenant: str, changes: list[_Change], now: Any) -> None:
         if not changes:
             return
-        rows: list[Observation] = []
-        for change in changes:
-            for fragment in change.fragments:
-                rows.extend(observations(fragment, now))
+        rows = _readings(changes, now)
         self.store.write(tenant, [c.stored for c in changes], rows)
+        self._publish(tenant, changes, rows)
+
+    def _publish(self, tenant: str, changes: list[_Change], rows: Sequence[Observation]) -> None:
         if rows:
             self.bus.publish(ObservationsAdded(tenant, tuple(rows)))
         for c in changes:
@@ -499,8 +495,17 @@ class _Merged:
     tenant: str
     jobs: list[_UpsertJob]
     changes: dict[str, _Change]
-    now: Any
     sequence: int
+    prepared: PreparedWrite
+
+
+def _readings(changes: Iterable[_Change], now: Any) -> list[Observation]:
+    """The observation rows of what the writes sent (every fragment, in order)."""
+    rows: list[Observation] = []
+    for change in changes:
+        for fragment in change.fragments:
+            rows.extend(observations(fragment, now))
+    return rows
 
 
 def _type_clash(eid: str, old: str, new: str) -> Problem:

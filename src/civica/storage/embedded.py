@@ -28,6 +28,7 @@ from civica.core.store import (
     EntityQuery,
     HistoryDocuments,
     ObservationQuery,
+    PreparedWrite,
     StoredEntity,
     TypeInfo,
 )
@@ -190,31 +191,56 @@ class DuckDBStore:
     def write(
         self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
     ) -> None:
-        # One INSERT OR REPLACE cannot hold a key twice (DuckDB keeps the first): last one wins.
-        entities = list({s.id: s for s in entities}.values())
+        self.write_prepared([self.prepare_write(tenant, entities, observations)])
+
+    def prepare_write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> PreparedWrite:
+        # Documents, attribute sets, boxes and the observation table: everything that needs
+        # no lock, so a caller can do it while another write is in the database.
         docs = [orjson.dumps(s.entity).decode() for s in entities]
         attrs = [tuple(k for k in s.entity if k not in ("id", "type")) for s in entities]
-        boxes = _bboxes(entities)
         states = [
             _state_of(s, doc, names, box)
-            for s, doc, names, box in zip(entities, docs, attrs, boxes, strict=True)
+            for s, doc, names, box in zip(entities, docs, attrs, _bboxes(entities), strict=True)
         ]
-        obs_table = _observation_table(tenant, observations) if observations else None
+        table = _observation_table(tenant, observations) if observations else None
+        return PreparedWrite(tenant, entities, observations, (states, table))
+
+    def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
+        if not writes:
+            return
+        tenant = writes[0].tenant
+        if any(w.tenant != tenant for w in writes):
+            raise ValueError("prepared writes of one transaction belong to one tenant")
+        # One INSERT OR REPLACE cannot hold a key twice (DuckDB keeps the first): last one wins.
+        latest: dict[str, tuple[StoredEntity, _CachedState]] = {}
+        tables: list[pa.Table] = []
+        rows = 0
+        for w in writes:
+            states, table = w.payload
+            latest.update((s.id, (s, state)) for s, state in zip(w.entities, states, strict=True))
+            if table is not None:
+                tables.append(table)
+                rows += table.num_rows
+        entities = [pair[0] for pair in latest.values()]
+        states = [pair[1] for pair in latest.values()]
+        obs_table = pa.concat_tables(tables) if len(tables) > 1 else next(iter(tables), None)
         with self._write_lock:
             con = self._con
             # A reading changes an entity's document and modification time only: then only
             # those two columns are updated (DuckDB updates column by column).
             cache = self._states
             same = bool(entities) and cache.same_shape(tenant, states)
-            self._states.generation += 1
+            cache.generation += 1
             con.execute("begin")
             try:
                 if same:
-                    con.register("new_docs", _doc_table(entities, docs))
+                    con.register("new_docs", _doc_table(states))
                     con.execute(_UPDATE_DOCS, [tenant])
                     con.unregister("new_docs")
                 elif entities:
-                    con.register("new_entities", _entity_table(tenant, entities, states))
+                    con.register("new_entities", _entity_table(tenant, states))
                     _replace_entities(con, cache.classify(tenant, states))
                     con.unregister("new_entities")
                 if obs_table is not None:
@@ -224,11 +250,11 @@ class DuckDBStore:
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
-                cache.drop(tenant, [s.id for s in entities])
+                cache.drop(tenant, list(latest))
                 raise
             for state in states:
                 cache.put(tenant, state.id, state)
-            self._recent_rows += len(observations)
+            self._recent_rows += rows
             if self._recent_rows >= self.compact_rows:
                 self._compact()
 
@@ -675,33 +701,31 @@ def _bboxes(entities: Iterable[StoredEntity]) -> list[tuple[float, ...] | None]:
     return out
 
 
-def _entity_table(
-    tenant: str, entities: Sequence[StoredEntity], states: Sequence[_CachedState]
-) -> pa.Table:
+def _entity_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
     boxes = [s.bbox for s in states]
     return pa.table(
         {
-            "tenant": pa.array([tenant] * len(entities), pa.string()),
-            "id": [s.id for s in states],
-            "type": [s.type for s in states],
+            "tenant": pa.array([tenant] * len(states), pa.string()),
+            "id": pa.array([s.id for s in states], pa.string()),
+            "type": pa.array([s.type for s in states], pa.string()),
             "doc": pa.array([s.doc for s in states], pa.string()),
             "attrs": pa.array([s.attrs for s in states], pa.list_(pa.string())),
             "min_lon": pa.array([b[0] if b else None for b in boxes], pa.float64()),
             "min_lat": pa.array([b[1] if b else None for b in boxes], pa.float64()),
             "max_lon": pa.array([b[2] if b else None for b in boxes], pa.float64()),
             "max_lat": pa.array([b[3] if b else None for b in boxes], pa.float64()),
-            "created_at": pa.array([s.created_at for s in entities], _TS),
-            "modified_at": pa.array([s.modified_at for s in entities], _TS),
+            "created_at": pa.array([s.created_at for s in states], _TS),
+            "modified_at": pa.array([s.modified_at for s in states], _TS),
         }
     )
 
 
-def _doc_table(entities: Sequence[StoredEntity], docs: Sequence[str]) -> pa.Table:
+def _doc_table(states: Sequence[_CachedState]) -> pa.Table:
     return pa.table(
         {
-            "id": pa.array([s.id for s in entities], pa.string()),
-            "doc": pa.array(docs, pa.string()),
-            "modified_at": pa.array([s.modified_at for s in entities], _TS),
+            "id": pa.array([s.id for s in states], pa.string()),
+            "doc": pa.array([s.doc for s in states], pa.string()),
+            "modified_at": pa.array([s.modified_at for s in states], _TS),
         }
     )
 

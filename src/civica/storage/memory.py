@@ -18,6 +18,7 @@ from civica.core.store import (
     EntityQuery,
     HistoryDocuments,
     ObservationQuery,
+    PreparedWrite,
     StoredEntity,
     TypeInfo,
 )
@@ -54,6 +55,16 @@ class MemoryStore:
             for stored in entities:
                 table[stored.id] = _copy(stored)
             self._observations.setdefault(tenant, []).extend(observations)
+
+    def prepare_write(
+        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+    ) -> PreparedWrite:
+        return PreparedWrite(tenant, list(entities), list(observations))
+
+    def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
+        with self._lock:
+            for w in writes:
+                self.write(w.tenant, w.entities, w.observations)
 
     def delete_entities(self, tenant: str, ids: Sequence[str]) -> list[str]:
         with self._lock:
