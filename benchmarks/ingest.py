@@ -222,6 +222,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def children_of(pid: int) -> list[int]:
+    """Child processes (the server's admission workers), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
 # ---- (a) HTTP batch upsert -------------------------------------------------------------------
 def batch_bodies(entities: int) -> list[bytes]:
     """One body per batch of 1,000 distinct sensors; only the observedAt minute changes later.
@@ -526,6 +535,7 @@ def main() -> None:
             )
             over_http = query_figures(url, key, plan)
             rss, peak = rss_mb(proc.pid)
+            workers = [rss_mb(child)[0] for child in children_of(proc.pid)]
         if not over_http:
             store_history_figure(db, plan)
         entities, observations = count_rows(db)
@@ -533,6 +543,8 @@ def main() -> None:
             "server_memory",
             rss_mb=round(rss, 1),
             peak_rss_mb=round(peak, 1),
+            worker_processes=len(workers),
+            workers_rss_mb=round(sum(workers), 1),
             entities=entities,
             observations=observations,
             bulk_loaded_observations=bulk,
@@ -540,7 +552,7 @@ def main() -> None:
             http_observations=figures["observations"],
             duckdb_memory_limit="1GB (DuckDBStore default)",
             target_mb=1536,
-            met=rss < 1536,
+            met=rss + sum(workers) < 1536,
         )
 
 
