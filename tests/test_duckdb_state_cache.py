@@ -88,7 +88,7 @@ def test_a_failed_write_leaves_no_trace_in_the_cache(
     def broken(*args: Any) -> None:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(embedded, "_replace_entities", broken)
+    monkeypatch.setattr(embedded, "_replace_statements", broken)
     with pytest.raises(RuntimeError):
         store.write("default", [state(3.0, minutes=2)], [])  # attribute set changes: full path
     assert pressure(store) == 2.0

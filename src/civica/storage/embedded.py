@@ -6,6 +6,7 @@ backend can share its shape.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -233,25 +234,29 @@ class DuckDBStore:
             cache = self._states
             same = bool(entities) and cache.same_shape(tenant, states)
             cache.generation += 1
-            con.execute("begin")
+            # The whole transaction goes to DuckDB as one script: every execute lets go of
+            # the GIL and must win it back, which under load costs more than the statement.
             try:
+                script = ["begin"]
                 if same:
-                    con.register("new_docs", _doc_table(states))
-                    con.execute(_UPDATE_DOCS, [tenant])
-                    con.unregister("new_docs")
+                    con.register("new_docs", _doc_table(tenant, states))
+                    script.append(_UPDATE_DOCS)
                 elif entities:
                     con.register("new_entities", _entity_table(tenant, states))
-                    _replace_entities(con, cache.classify(tenant, states))
-                    con.unregister("new_entities")
+                    script.extend(_replace_statements(con, cache.classify(tenant, states)))
                 if obs_table is not None:
                     con.register("new_observations", obs_table)
-                    con.execute("insert into observations_recent select * from new_observations")
-                    con.unregister("new_observations")
-                con.execute("commit")
+                    script.append("insert into observations_recent select * from new_observations")
+                script.append("commit")
+                con.execute(";\n".join(script))
             except BaseException:
-                con.execute("rollback")
+                with contextlib.suppress(duckdb.Error):  # the failed statement may have ended it
+                    con.execute("rollback")
                 cache.drop(tenant, list(latest))
                 raise
+            finally:
+                for name in ("new_docs", "new_entities", "new_observations"):
+                    con.unregister(name)
             for state in states:
                 cache.put(tenant, state.id, state)
             self._recent_rows += rows
@@ -551,7 +556,7 @@ _INSTANCE_JSON = (
 )
 _UPDATE_DOCS = (
     "update entities e set doc = n.doc, modified_at = n.modified_at "
-    "from new_docs n where e.tenant = ? and e.id = n.id"
+    "from new_docs n where e.tenant = n.tenant and e.id = n.id"
 )
 _UPDATE_STATES = (
     "update entities e set type = n.type, doc = n.doc, min_lon = n.min_lon, "
@@ -561,8 +566,10 @@ _UPDATE_STATES = (
 )
 
 
-def _replace_entities(con: duckdb.DuckDBPyConnection, known: tuple[bool, bool] | None) -> None:
-    """INSERT OR REPLACE the rows of ``new_entities``, the way DuckDB does it cheaply.
+def _replace_statements(
+    con: duckdb.DuckDBPyConnection, known: tuple[bool, bool] | None
+) -> list[str]:
+    """SQL that INSERTs OR REPLACEs the rows of ``new_entities``, the way DuckDB does it cheaply.
 
     DuckDB rewrites a LIST column (``attrs``) at several times the cost of the rest of the
     row, and INSERT OR REPLACE rewrites every column; a reading rarely changes the attribute
@@ -576,17 +583,18 @@ def _replace_entities(con: duckdb.DuckDBPyConnection, known: tuple[bool, bool] |
         ).fetchall()[0]
     else:
         missing, changed = known
-    con.execute(_UPDATE_STATES)
+    statements = [_UPDATE_STATES]
     if changed:
-        con.execute(
+        statements.append(
             "update entities e set attrs = n.attrs from new_entities n "
             "where e.tenant = n.tenant and e.id = n.id and e.attrs <> n.attrs"
         )
     if missing:
-        con.execute(
+        statements.append(
             "insert into entities select n.* from new_entities n "
             "anti join entities e on e.tenant = n.tenant and e.id = n.id"
         )
+    return statements
 
 
 class _CachedState(NamedTuple):
@@ -720,9 +728,10 @@ def _entity_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
     )
 
 
-def _doc_table(states: Sequence[_CachedState]) -> pa.Table:
+def _doc_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
     return pa.table(
         {
+            "tenant": pa.array([tenant] * len(states), pa.string()),
             "id": pa.array([s.id for s in states], pa.string()),
             "doc": pa.array([s.doc for s in states], pa.string()),
             "modified_at": pa.array([s.modified_at for s in states], _TS),
