@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from civica.app import domain_catalogue
+from civica.core.bus import EventBus, ObservationsAdded
+from civica.core.entity import observations
 from civica.core.problems import Problem
+from civica.core.readings import readings_rows
+from civica.core.store import ObservationQuery
 from civica.ingest.admission import MIN_OFFLOAD_BYTES, AdmissionPool, admit_body
+from civica.ingest.pipeline import Ingest
 from civica.privacy.gate import PrivacyGate
+from civica.storage import DuckDBStore
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +62,17 @@ def test_the_worker_admits_and_refuses_like_the_server(pool: AdmissionPool) -> N
     docs[10] = "not an entity"
     body = big_body(docs)
     here = admit_body(pool.gate, body, False, 10_000)
-    there = pool.admit_body(body, False, 10_000)
+    *there, readings = pool.admit_body(body, False, 10_000)
     assert summary(there) == summary(here)
     good, errors = there
+    # The worker made the readings too: the rows ingest would have made, same order.
+    assert readings is not None
+    rows = readings_rows(readings)
+    made = [row for entity in good for row in observations(entity, rows[0].observed_at)]
+    assert [r for r in rows if r.attribute == "pressure"] == [
+        r for r in made if r.attribute == "pressure"
+    ]
+    assert len(rows) == len(made) == 2 * 296
     assert len(good) == 296 and len(errors) == 4
     assert good[0]["flow"]["value"] == pytest.approx(0.0015)  # converted to the canonical unit
     assert good[0]["pressure"]["observedAt"] == "2026-03-01T07:00:00.000Z"  # in UTC
@@ -89,5 +104,29 @@ def test_too_many_items(pool: AdmissionPool) -> None:
 
 
 def test_small_bodies_stay_here(pool: AdmissionPool) -> None:
-    good, errors = pool.admit_body(orjson.dumps([reading(1)]), False, 10_000)
+    good, errors, readings = pool.admit_body(orjson.dumps([reading(1)]), False, 10_000)
     assert [e["id"] for e in good] == ["urn:ngsi-ld:WaterObserved:w1"] and errors == []
+    assert readings is None  # ingest makes them itself
+
+
+def test_ingest_with_workers_stores_every_reading_once(pool: AdmissionPool, tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "w.duckdb")
+    bus = EventBus()
+    events: list[ObservationsAdded] = []
+    bus.subscribe(lambda e: events.append(e) if isinstance(e, ObservationsAdded) else None)
+    ingest = Ingest(store, pool.gate, bus, admission=pool)
+    # w5 exists as another type: its entity is refused when merged, its readings not stored.
+    ingest.upsert("default", [{"id": "urn:ngsi-ld:WaterObserved:w5", "type": "Device"}])
+    out = ingest.upsert_body("default", big_body([reading(n) for n in range(300)]))
+    assert [(eid, p.kind.name) for eid, p in out.errors] == [
+        ("urn:ngsi-ld:WaterObserved:w5", "BadRequestData")
+    ]
+    assert len(out.created) == 299
+    stored = store.query_observations("default", ObservationQuery(limit=10_000))
+    assert len(stored) == 2 * 299
+    assert "urn:ngsi-ld:WaterObserved:w5" not in {o.entity_id for o in stored}
+    assert sorted(stored) == sorted(row for e in events for row in e.rows)
+    again = ingest.upsert_body("default", big_body([reading(n) for n in range(6, 300)]))
+    assert again.errors == [] and len(again.updated) == 294
+    assert len(store.query_observations("default", ObservationQuery(limit=10_000))) == 2 * 593
+    store.close()

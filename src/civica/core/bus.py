@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from civica.core.entity import Entity, Observation
+from civica.core.readings import readings_rows
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +30,36 @@ class EntityChanged:
     deleted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class ObservationsAdded:
     """Every observation row one write stored, in arrival order: what streaming detectors read.
 
     ``EntityChanged`` carries only an entity's state after the write, so when one batch holds
     several readings of the same sensor only the last would be seen; this event loses none.
+    A write that stored its readings as one table (``civica.core.readings``) passes the table,
+    and the rows are made the first time a consumer asks for them.
     """
 
-    tenant: str
-    rows: tuple[Observation, ...]
+    __slots__ = ("_rows", "_table", "tenant")
+
+    def __init__(
+        self,
+        tenant: str,
+        rows: tuple[Observation, ...] | None = None,
+        *,
+        table: pa.Table | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self._rows = rows
+        self._table = table
+
+    @property
+    def rows(self) -> tuple[Observation, ...]:
+        if self._rows is None:
+            self._rows = tuple(readings_rows(self._table)) if self._table is not None else ()
+        return self._rows
+
+    def __repr__(self) -> str:
+        return f"ObservationsAdded({self.tenant!r}, {len(self.rows)} rows)"
 
 
 Handler = Callable[[Any], None]

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import pyarrow as pa
+
 from civica.core.entity import Entity, Observation
 from civica.core.geo import GeoQuery
 from civica.core.query import Query
@@ -77,7 +79,7 @@ class PreparedWrite:
 
     tenant: str
     entities: Sequence[StoredEntity]
-    observations: Sequence[Observation]
+    observations: Sequence[Observation] | pa.Table
     payload: Any = None
 
 
@@ -152,9 +154,12 @@ class Store(Protocol):
         self,
         tenant: str,
         entities: Sequence[StoredEntity],
-        observations: Sequence[Observation],
+        observations: Sequence[Observation] | pa.Table,
     ) -> PreparedWrite:
-        """Do the work of a ``write`` that needs no lock (encoding), for ``write_prepared``."""
+        """Do the work of a ``write`` that needs no lock (encoding), for ``write_prepared``.
+
+        ``observations`` may come as one table of ``civica.core.readings.READINGS_SCHEMA``.
+        """
         ...
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:

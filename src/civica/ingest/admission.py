@@ -14,13 +14,16 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
-from civica.core.entity import Entity, looks_normalized, parse_entity
+from civica.core.entity import Entity, looks_normalized, observations, parse_entity
 from civica.core.ldcontext import CORE, LdContext
 from civica.core.problems import Problem, ProblemKind, bad_request, invalid_request
+from civica.core.readings import from_ipc, readings_table, to_ipc
 from civica.privacy.catalogue import Catalogue
 from civica.privacy.gate import PrivacyGate
 
@@ -95,12 +98,16 @@ def _problem_from(fields: list[Any]) -> Problem:
     return Problem(ProblemKind(name, status, namespace), detail, title=title, **extra)
 
 
-def _admit_in_worker(raw: bytes, key_values: bool, max_batch: int) -> bytes:
+def _admit_in_worker(raw: bytes, key_values: bool, max_batch: int) -> tuple[bytes, bytes]:
     try:
         good, errors = admit_body(_WORKER["gate"], raw, key_values, max_batch)
     except Problem as whole:
-        return orjson.dumps({"refused": _problem_fields(whole)})
-    return orjson.dumps({"good": good, "errors": [[eid, _problem_fields(p)] for eid, p in errors]})
+        return orjson.dumps({"refused": _problem_fields(whole)}), b""
+    # The readings too: a reading without observedAt is stamped with its time of receipt.
+    received = datetime.now(UTC)
+    rows = [row for entity in good for row in observations(entity, received)]
+    answer = {"good": good, "errors": [[eid, _problem_fields(p)] for eid, p in errors]}
+    return orjson.dumps(answer), to_ipc(readings_table(rows))
 
 
 class AdmissionPool:
@@ -121,15 +128,19 @@ class AdmissionPool:
 
     def admit_body(
         self, raw: bytes, key_values: bool, max_batch: int
-    ) -> tuple[list[Entity], Refusals]:
+    ) -> tuple[list[Entity], Refusals, pa.Table | None]:
+        """(admitted entities, refusals, their readings as one table or None if not made)."""
         if len(raw) < MIN_OFFLOAD_BYTES:
-            return admit_body(self.gate, raw, key_values, max_batch)
-        job = self._pool.submit(_admit_in_worker, raw, key_values, max_batch)
-        answer = orjson.loads(job.result())
+            return (*admit_body(self.gate, raw, key_values, max_batch), None)
+        done: tuple[bytes, bytes] = self._pool.submit(
+            _admit_in_worker, raw, key_values, max_batch
+        ).result()
+        answer_json, readings = done
+        answer = orjson.loads(answer_json)
         if "refused" in answer:
             raise _problem_from(answer["refused"])
         errors = [(eid, _problem_from(fields)) for eid, fields in answer["errors"]]
-        return answer["good"], errors
+        return answer["good"], errors, from_ipc(readings)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

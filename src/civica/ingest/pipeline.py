@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from civica.core.bus import EntityChanged, EventBus, ObservationsAdded
 from civica.core.clock import Clock, SystemClock
 from civica.core.entity import (
@@ -67,6 +69,7 @@ class _UpsertJob:
     tenant: str
     entities: list[Entity]
     replace: bool
+    readings: pa.Table | None  # the entities' observation rows, when admission made them
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
     taken: bool = False  # merged into a group by some caller
     finished: threading.Event = field(default_factory=threading.Event)
@@ -137,16 +140,22 @@ class Ingest:
     ) -> BatchOutcome:
         """``upsert`` of a JSON batch body in the core context, admitted by the worker
         processes of ``admission`` when there are some (else here)."""
+        readings = None
         if self.admission is not None:
-            entities, errors = self.admission.admit_body(raw, key_values, max_batch)
+            entities, errors, readings = self.admission.admit_body(raw, key_values, max_batch)
         else:
             entities, errors = admit_body(self.gate, raw, key_values, max_batch)
-        out = self.upsert_entities(tenant, entities, replace=replace)
+        out = self.upsert_entities(tenant, entities, replace=replace, readings=readings)
         out.errors[:0] = errors
         return out
 
     def upsert_entities(
-        self, tenant: str, entities: Sequence[Entity], *, replace: bool = False
+        self,
+        tenant: str,
+        entities: Sequence[Entity],
+        *,
+        replace: bool = False,
+        readings: pa.Table | None = None,
     ) -> BatchOutcome:
         """Upsert entities that already passed ``admit`` (parsing and the privacy gate).
 
@@ -159,7 +168,7 @@ class Ingest:
         GIL while it works), and a transaction of several thousand entities costs DuckDB
         about half as much per entity as one of a thousand.
         """
-        job = _UpsertJob(tenant, list(entities), replace)
+        job = _UpsertJob(tenant, list(entities), replace, readings)
         with self._queue_lock:
             self._queue.append(job)
         with self._lock:
@@ -211,7 +220,13 @@ class Ingest:
                         pending[(tenant, eid)] = change.stored
                 # The readings and the store's encoding are done here, outside the write
                 # stage, the busier of the two.
-                rows = _readings(changes.values(), now)
+                tables = [job.readings for job in part if job.readings is not None]
+                rows: list[Observation] | pa.Table
+                if len(tables) == len(part) and not any(job.outcome.errors for job in part):
+                    # Made by the admission workers: every admitted entity was merged.
+                    rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                else:
+                    rows = _readings(changes.values(), now)
                 prepared = self.store.prepare_write(
                     tenant, [c.stored for c in changes.values()], rows
                 )
@@ -480,8 +495,13 @@ class Ingest:
         self.store.write(tenant, [c.stored for c in changes], rows)
         self._publish(tenant, changes, rows)
 
-    def _publish(self, tenant: str, changes: list[_Change], rows: Sequence[Observation]) -> None:
-        if rows:
+    def _publish(
+        self, tenant: str, changes: list[_Change], rows: Sequence[Observation] | pa.Table
+    ) -> None:
+        if isinstance(rows, pa.Table):
+            if rows.num_rows:
+                self.bus.publish(ObservationsAdded(tenant, table=rows))
+        elif rows:
             self.bus.publish(ObservationsAdded(tenant, tuple(rows)))
         for c in changes:
             changed = frozenset(k for f in c.fragments for k in f if k not in ("id", "type"))

@@ -195,7 +195,10 @@ class DuckDBStore:
         self.write_prepared([self.prepare_write(tenant, entities, observations)])
 
     def prepare_write(
-        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+        self,
+        tenant: str,
+        entities: Sequence[StoredEntity],
+        observations: Sequence[Observation] | pa.Table,
     ) -> PreparedWrite:
         # Documents, attribute sets, boxes and the observation table: everything that needs
         # no lock, so a caller can do it while another write is in the database.
@@ -205,7 +208,10 @@ class DuckDBStore:
             _state_of(s, doc, names, box)
             for s, doc, names, box in zip(entities, docs, attrs, _bboxes(entities), strict=True)
         ]
-        table = _observation_table(tenant, observations) if observations else None
+        if isinstance(observations, pa.Table):
+            table = _keyed_readings(tenant, observations) if observations.num_rows else None
+        else:
+            table = _observation_table(tenant, observations) if observations else None
         return PreparedWrite(tenant, entities, observations, (states, table))
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
@@ -736,6 +742,16 @@ def _doc_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
             "doc": pa.array([s.doc for s in states], pa.string()),
             "modified_at": pa.array([s.modified_at for s in states], _TS),
         }
+    )
+
+
+def _keyed_readings(tenant: str, table: pa.Table) -> pa.Table:
+    """A ``READINGS_SCHEMA`` table with the tenant and entity key columns in front."""
+    ids = [str(eid) for eid in table.column("entity_id").to_pylist()]
+    keys = {eid: entity_key(tenant, eid) for eid in set(ids)}
+    tenants = pa.array([tenant] * table.num_rows, pa.string())
+    return table.add_column(0, "tenant", tenants).add_column(
+        1, "entity_key", pa.array([keys[eid] for eid in ids], pa.int64())
     )
 
 

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 from civica.core.entity import Entity, Observation
+from civica.core.readings import readings_rows
 from civica.core.store import (
     ApiKeyRecord,
     DeadLetter,
@@ -57,14 +59,19 @@ class MemoryStore:
             self._observations.setdefault(tenant, []).extend(observations)
 
     def prepare_write(
-        self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
+        self,
+        tenant: str,
+        entities: Sequence[StoredEntity],
+        observations: Sequence[Observation] | pa.Table,
     ) -> PreparedWrite:
-        return PreparedWrite(tenant, list(entities), list(observations))
+        rows = readings_rows(observations) if isinstance(observations, pa.Table) else observations
+        return PreparedWrite(tenant, list(entities), list(rows))
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
         with self._lock:
             for w in writes:
-                self.write(w.tenant, w.entities, w.observations)
+                rows = w.observations
+                self.write(w.tenant, w.entities, [] if isinstance(rows, pa.Table) else rows)
 
     def delete_entities(self, tenant: str, ids: Sequence[str]) -> list[str]:
         with self._lock:
