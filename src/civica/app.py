@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
@@ -71,6 +74,25 @@ def build_services(
     )
 
 
+def _lifespan(svc: Services) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Run the notifier while the app serves; on shutdown, run ``svc.on_shutdown``.
+
+    Shutdown work belongs here rather than after ``uvicorn.run`` returns: on SIGTERM uvicorn
+    shuts the app down and then re-raises the signal, so code after it never runs.
+    """
+    notifier = notifier_for(svc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with notifier.lifespan(app):
+                yield
+        finally:
+            await asyncio.to_thread(svc.shut_down)
+
+    return lifespan
+
+
 def create_app(svc: Services) -> FastAPI:
     """The Civica HTTP application over already-built services."""
     app = FastAPI(
@@ -79,7 +101,7 @@ def create_app(svc: Services) -> FastAPI:
         description="City operations platform: NGSI-LD API (ETSI GS CIM 009 subset), "
         "privacy by construction.",
         openapi_url="/openapi.json",
-        lifespan=notifier_for(svc).lifespan,
+        lifespan=_lifespan(svc),
     )
     app.state.services = svc
     for module in (entities, batch, types, contexts, temporal, subscriptions):

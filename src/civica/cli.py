@@ -76,14 +76,17 @@ def _run_server(
 
     services = build_services(store)
     app = create_app(services)
+    services.on_shutdown.append(store.close)
     if ingest_workers != 0:
-        services.ingest.admission = AdmissionPool(services.ingest.gate, ingest_workers)
-    consumer = None
+        pool = AdmissionPool(services.ingest.gate, ingest_workers)
+        services.ingest.admission = pool
+        services.on_shutdown.append(pool.close)
     if mqtt:
         from civica.ingest.mqtt import MqttIngest
 
         consumer = MqttIngest(services.ingest, mqtt)
         consumer.start()
+        services.on_shutdown.append(consumer.stop)
         console.print(f"MQTT ingest subscribed on {mqtt} (topics civica/<tenant>/<type>/<id>)")
     console.print(
         f"Civica API on http://{host}:{port}/ngsi-ld/v1/ (OpenAPI: http://{host}:{port}/docs)"
@@ -93,11 +96,7 @@ def _run_server(
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         gc.unfreeze()  # let interpreter shutdown reclaim everything as usual
-        if consumer is not None:
-            consumer.stop()
-        if services.ingest.admission is not None:
-            services.ingest.admission.close()
-        store.close()
+        services.shut_down()  # already done by the app's lifespan, unless it never started
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,8 @@ from civica.api.contexts import ContextResolver
 from civica.core.bus import EntityChanged
 from civica.core.store import Store
 from civica.ingest.pipeline import Ingest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,11 +37,23 @@ class Services:
     settings: Settings
     tenants: set[str] = field(default_factory=set)
     extras: dict[str, Any] = field(default_factory=dict)
+    # Run once when the server stops (worker pools, consumers, the store), newest first.
+    on_shutdown: list[Callable[[], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.tenants.update(self.store.tenants())
         self.ingest.bus.subscribe(self._track_tenant)
+
+    def shut_down(self) -> None:
+        """Run and forget the shutdown hooks (safe to call twice)."""
+        with self._lock:
+            hooks, self.on_shutdown = self.on_shutdown, []
+        for hook in reversed(hooks):
+            try:
+                hook()
+            except Exception:  # one failing hook must not keep the others from running
+                log.exception("shutdown hook %r failed", hook)
 
     def _track_tenant(self, event: object) -> None:
         if isinstance(event, EntityChanged) and event.tenant not in self.tenants:
