@@ -16,6 +16,7 @@ from rich.table import Table
 from civica.api.auth import ROLES, create_key, revoke_key
 from civica.core.store import Store
 from civica.domains import domain_catalogue
+from civica.domains.traffic.commands import traffic
 from civica.domains.water.commands import water
 from civica.storage import open_store
 
@@ -259,6 +260,7 @@ def catalogue() -> None:
 
 
 main.add_command(water)
+main.add_command(traffic)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from civica.domains.manifest import DetectorSpec, Manifest
+from civica.domains.traffic.manifest import MANIFEST as TRAFFIC
 from civica.domains.water.manifest import MANIFEST as WATER
 from civica.privacy.catalogue import Catalogue
 
-MANIFESTS: tuple[Manifest, ...] = (WATER,)
+MANIFESTS: tuple[Manifest, ...] = (WATER, TRAFFIC)
 
 
 def domain_catalogue() -> Catalogue:

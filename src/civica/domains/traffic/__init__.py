@@ -1,0 +1,1 @@
+"""Road traffic: SUMO scenarios and adaptive signal control over TraCI."""

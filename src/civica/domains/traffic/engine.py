@@ -1,0 +1,274 @@
+"""The one file that talks to Eclipse SUMO: start it headless, step it over TraCI, close it.
+
+Nothing else in Civica imports ``sumo``, ``traci``, ``libsumo`` or ``sumolib`` (import-linter
+contract in pyproject.toml). SUMO runs as a child process on a free local port; the process
+is always ended when the engine closes, even after a TraCI error, so no run leaves a SUMO
+behind. TraCI's errors become :class:`SumoError` / :class:`SumoDisconnectedError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sumo
+import traci
+import traci.constants as tc
+from traci.exceptions import FatalTraCIError, TraCIException
+
+from civica.domains.traffic.junctions import LaneReading, ProgramPhase, SignalLayout
+from civica.domains.traffic.scenarios import Scenario
+
+_LANE_VARIABLES = (
+    tc.LAST_STEP_VEHICLE_HALTING_NUMBER,
+    tc.LAST_STEP_VEHICLE_NUMBER,
+    tc.VAR_WAITING_TIME,
+    tc.LAST_STEP_VEHICLE_ID_LIST,
+)
+_CLOSE_TIMEOUT_S = 30.0
+
+
+class SumoError(RuntimeError):
+    """SUMO refused the input or failed while running."""
+
+
+class SumoDisconnectedError(SumoError):
+    """The TraCI connection to SUMO was lost (SUMO crashed or was killed)."""
+
+
+class NoTrafficLightsError(SumoError):
+    """The network has no traffic lights, so there is nothing to control."""
+
+
+@dataclass(frozen=True)
+class SumoOptions:
+    """How to run a scenario: simulated seconds from its begin, seed, demand scale."""
+
+    seconds: float
+    seed: int = 0
+    demand_scale: float = 1.0
+    time_to_teleport_s: float = 300.0  # SUMO's default; -1 disables teleports
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sumo_binary(name: str = "sumo") -> Path:
+    """A SUMO tool (sumo, netgenerate, netconvert, ...) from the eclipse-sumo package."""
+    path = Path(sumo.SUMO_HOME) / "bin" / name
+    if not path.is_file():
+        raise SumoError(f"SUMO tool {name!r} not found at {path}; is eclipse-sumo installed?")
+    return path
+
+
+class SumoEngine:
+    """A headless SUMO run stepped one second at a time; use as a context manager."""
+
+    def __init__(self, scenario: Scenario, options: SumoOptions, tripinfo: Path) -> None:
+        if options.seconds <= 0:
+            raise ValueError("seconds must be positive")
+        if options.demand_scale <= 0:
+            raise ValueError("demand scale must be positive")
+        self.scenario = scenario
+        self.options = options
+        self.tripinfo = tripinfo
+        self.end = scenario.begin + options.seconds
+        self.teleports = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Any = None
+        self._log: Any = None
+        self._lanes: tuple[str, ...] = ()
+
+    def __enter__(self) -> SumoEngine:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _command(self, port: int) -> list[str]:
+        scenario, options = self.scenario, self.options
+        command = [
+            str(sumo_binary()),
+            "--net-file",
+            str(scenario.net_file),
+            "--route-files",
+            ",".join(str(p) for p in scenario.route_files),
+            "--begin",
+            str(scenario.begin),
+            "--end",
+            str(self.end),
+            "--seed",
+            str(options.seed),
+            "--scale",
+            str(options.demand_scale),
+            "--tripinfo-output",
+            str(self.tripinfo),
+            "--tripinfo-output.write-unfinished",
+            "--tripinfo-output.write-undeparted",
+            "--time-to-teleport",
+            str(options.time_to_teleport_s),
+            "--no-step-log",
+            "--no-warnings",
+            "--remote-port",
+            str(port),
+        ]
+        if scenario.additional_files:
+            command += ["--additional-files", ",".join(map(str, scenario.additional_files))]
+        return command
+
+    def start(self) -> None:
+        """Launch SUMO and connect; on any failure SUMO is ended and SumoError raised."""
+        port = _free_port()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        env = dict(os.environ, SUMO_HOME=str(sumo.SUMO_HOME))
+        self._process = subprocess.Popen(
+            self._command(port), stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            # traci prints its connection retries on stdout, which carries the CLI's JSON
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._conn = traci.connect(
+                    port=port, numRetries=100, proc=self._process, waitBetweenRetries=0.05
+                )
+        except (FatalTraCIError, TraCIException, OSError) as err:
+            message = self._sumo_error() or str(err)
+            self.close()
+            raise SumoError(f"SUMO did not start for {self.scenario.name}: {message}") from err
+
+    def _sumo_error(self) -> str:
+        """The first error line SUMO printed, if any."""
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").splitlines()
+        errors = [line for line in lines if line.startswith("Error")]
+        first: str = (errors or lines or [""])[0]
+        return first.strip()
+
+    def close(self) -> None:
+        """Close TraCI (SUMO then writes its outputs) and make sure the process has ended."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # already gone if this fails; the process is ended below either way
+            with contextlib.suppress(FatalTraCIError, TraCIException, OSError):
+                conn.close()
+        process, self._process = self._process, None
+        if process is not None:
+            try:
+                process.wait(timeout=_CLOSE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        """The SUMO process id while it runs (tests check it is gone after close)."""
+        return self._process.pid if self._process is not None else None
+
+    def _call(self, what: str, func: Any, *args: Any) -> Any:
+        if self._conn is None:
+            raise SumoError("SUMO is not running")
+        try:
+            return func(*args)
+        except FatalTraCIError as err:
+            raise SumoDisconnectedError(
+                f"lost the TraCI connection to SUMO ({what}): {err}"
+            ) from err
+        except TraCIException as err:
+            raise SumoError(f"SUMO refused {what}: {err}") from err
+
+    @property
+    def time(self) -> float:
+        """Current simulated time in seconds."""
+        return float(self._call("getTime", self._conn.simulation.getTime))
+
+    def step(self) -> None:
+        """Advance one simulation step (1 s)."""
+        self._call("simulationStep", self._conn.simulationStep)
+        self.teleports += int(
+            self._call("teleports", self._conn.simulation.getStartingTeleportNumber)
+        )
+
+    def signals(self) -> tuple[SignalLayout, ...]:
+        """Every traffic light with its current (fixed) programme; NoTrafficLightsError if none."""
+        ids = sorted(self._call("trafficlight ids", self._conn.trafficlight.getIDList))
+        if not ids:
+            raise NoTrafficLightsError(f"scenario {self.scenario.name} has no traffic lights")
+        layouts = []
+        for tls_id in ids:
+            program_id = self._call("program", self._conn.trafficlight.getProgram, tls_id)
+            logics = self._call("programs", self._conn.trafficlight.getAllProgramLogics, tls_id)
+            logic = next((lg for lg in logics if lg.programID == program_id), logics[0])
+            links = self._call("links", self._conn.trafficlight.getControlledLinks, tls_id)
+            layouts.append(
+                SignalLayout(
+                    tls_id=tls_id,
+                    program_id=str(logic.programID),
+                    phases=tuple(
+                        ProgramPhase(str(p.state), float(p.duration)) for p in logic.phases
+                    ),
+                    links=tuple((str(ln[0][0]), str(ln[0][1])) if ln else None for ln in links),
+                )
+            )
+        return tuple(layouts)
+
+    def watch_lanes(self, lanes: set[str]) -> None:
+        """Subscribe to halting / vehicle count / waiting time of these lanes (one call a step)."""
+        self._lanes = tuple(sorted(lanes))
+        for lane in self._lanes:
+            self._call("lane subscription", self._conn.lane.subscribe, lane, _LANE_VARIABLES)
+
+    def lane_readings(self) -> dict[str, LaneReading]:
+        """The watched lanes at the end of the last step."""
+        results = self._call("lane readings", self._conn.lane.getAllSubscriptionResults)
+        return {
+            lane: LaneReading(
+                halting=int(values[tc.LAST_STEP_VEHICLE_HALTING_NUMBER]),
+                vehicles=int(values[tc.LAST_STEP_VEHICLE_NUMBER]),
+                waiting_s=float(values[tc.VAR_WAITING_TIME]),
+                vehicle_ids=tuple(values[tc.LAST_STEP_VEHICLE_ID_LIST]),
+            )
+            for lane, values in results.items()
+        }
+
+    def arrived(self) -> int:
+        """Vehicles that reached their destination in the last step."""
+        return int(self._call("arrived", self._conn.simulation.getArrivedNumber))
+
+    def state(self, tls_id: str) -> str:
+        """The signal state string SUMO shows now (one char per link)."""
+        return str(self._call("state", self._conn.trafficlight.getRedYellowGreenState, tls_id))
+
+    def phase_index(self, tls_id: str) -> int:
+        """The index of the current phase in the running programme."""
+        return int(self._call("phase", self._conn.trafficlight.getPhase, tls_id))
+
+    def set_state(self, tls_id: str, state: str) -> None:
+        """Show this state until told otherwise (SUMO's 'online' programme)."""
+        self._call("setState", self._conn.trafficlight.setRedYellowGreenState, tls_id, state)
+
+    def restore_program(self, tls_id: str, program_id: str, phase_index: int) -> None:
+        """Hand the intersection back to its fixed programme, starting at this phase."""
+        self._call("setProgram", self._conn.trafficlight.setProgram, tls_id, program_id)
+        self._call("setPhase", self._conn.trafficlight.setPhase, tls_id, phase_index)
