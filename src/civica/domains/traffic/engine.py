@@ -148,6 +148,9 @@ class SumoEngine:
                 self._conn = traci.connect(
                     port=port, numRetries=100, proc=self._process, waitBetweenRetries=0.05
                 )
+            # SUMO accepts the connection before it loads the network: ask something so a
+            # file it cannot read fails here, with its own message
+            self._conn.simulation.getTime()
         except (FatalTraCIError, TraCIException, OSError) as err:
             message = self._sumo_error() or str(err)
             self.close()
@@ -159,9 +162,8 @@ class SumoEngine:
             return ""
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").splitlines()
-        errors = [line for line in lines if line.startswith("Error")]
-        first: str = (errors or lines or [""])[0]
-        return first.strip()
+        errors = [line.strip() for line in lines if line.startswith("Error")]
+        return errors[0] if errors else ""
 
     def close(self) -> None:
         """Close TraCI (SUMO then writes its outputs) and make sure the process has ended."""
@@ -192,8 +194,13 @@ class SumoEngine:
         try:
             return func(*args)
         except FatalTraCIError as err:
+            reason = ""
+            if self._process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout=2)
+                reason = self._sumo_error()
             raise SumoDisconnectedError(
-                f"lost the TraCI connection to SUMO ({what}): {err}"
+                f"lost the TraCI connection to SUMO ({what}): {reason or err}"
             ) from err
         except TraCIException as err:
             raise SumoError(f"SUMO refused {what}: {err}") from err
