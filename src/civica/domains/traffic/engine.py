@@ -279,3 +279,155 @@ class SumoEngine:
         """Hand the intersection back to its fixed programme, starting at this phase."""
         self._call("setProgram", self._conn.trafficlight.setProgram, tls_id, program_id)
         self._call("setPhase", self._conn.trafficlight.setPhase, tls_id, phase_index)
+
+
+# ---- detectors: induction loops of the network, else one virtual detector per lane ----------
+_DETECTOR_VARIABLES = (
+    tc.LAST_STEP_VEHICLE_ID_LIST,
+    tc.LAST_STEP_MEAN_SPEED,
+    tc.LAST_STEP_OCCUPANCY,
+)
+_LANE_DETECTOR_VARIABLES = (*_DETECTOR_VARIABLES, tc.LAST_STEP_VEHICLE_HALTING_NUMBER)
+LOOP, LANE = "inductionLoop", "lane"
+
+
+@dataclass(frozen=True)
+class DetectorSite:
+    """Where a detector sits: its lane and road segment (edge), free-flow speed, position."""
+
+    detector_id: str
+    kind: str  # LOOP (an E1 loop of the network) or LANE (the whole lane, read via TraCI)
+    lane: str
+    edge: str
+    lane_index: int
+    free_speed_ms: float
+    lon_lat: tuple[float, float] | None  # only when the network is georeferenced
+
+
+@dataclass(frozen=True)
+class DetectorStep:
+    """One simulation step of one detector."""
+
+    vehicle_ids: tuple[str, ...]
+    mean_speed_ms: float | None  # None when no vehicle was on it
+    occupancy: float  # fraction 0..1
+    halting: int | None  # vehicles slower than 0.1 m/s (lane detectors only)
+
+
+def _georeferenced(net_file: Path) -> bool:
+    """Whether the network's <location> carries a projection (so x/y convert to lon/lat)."""
+    import xml.etree.ElementTree as ET
+
+    for _, element in ET.iterparse(net_file, events=("start",)):
+        if element.tag == "location":
+            return bool(element.get("projParameter", "!") != "!")
+        if element.tag in ("edge", "junction"):
+            break
+    return False
+
+
+def detector_sites(engine: SumoEngine) -> tuple[DetectorSite, ...]:
+    """The network's induction loops, or (if it has none) one virtual detector per lane."""
+    conn = engine._conn
+    geo = _georeferenced(engine.scenario.net_file)
+    loops = sorted(engine._call("loop ids", conn.inductionloop.getIDList))
+    if loops:
+        places = [
+            (
+                loop,
+                LOOP,
+                str(engine._call("loop lane", conn.inductionloop.getLaneID, loop)),
+                float(engine._call("loop position", conn.inductionloop.getPosition, loop)),
+            )
+            for loop in loops
+        ]
+    else:
+        lanes = sorted(
+            lane
+            for lane in engine._call("lane ids", conn.lane.getIDList)
+            if not lane.startswith(":")
+        )
+        places = [
+            (lane, LANE, lane, float(engine._call("lane length", conn.lane.getLength, lane)) / 2)
+            for lane in lanes
+        ]
+    sites = []
+    for detector, kind, lane, pos in places:
+        lon_lat = None
+        if geo:
+            edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
+            x, y = engine._call("position", conn.simulation.convert2D, edge, pos, 0)
+            lon, lat = engine._call("convertGeo", conn.simulation.convertGeo, x, y)
+            lon_lat = (float(lon), float(lat))
+        edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
+        sites.append(
+            DetectorSite(
+                detector_id=detector,
+                kind=kind,
+                lane=lane,
+                edge=edge,
+                lane_index=int(lane.rsplit("_", 1)[-1]) if "_" in lane else 0,
+                free_speed_ms=float(engine._call("lane speed", conn.lane.getMaxSpeed, lane)),
+                lon_lat=lon_lat,
+            )
+        )
+    return tuple(sites)
+
+
+def watch_detectors(engine: SumoEngine, sites: tuple[DetectorSite, ...]) -> None:
+    """Subscribe to vehicles, mean speed and occupancy of these detectors (one call a step)."""
+    conn = engine._conn
+    for site in sites:
+        if site.kind == LOOP:
+            engine._call(
+                "loop subscription",
+                conn.inductionloop.subscribe,
+                site.detector_id,
+                _DETECTOR_VARIABLES,
+            )
+        else:
+            engine._call(
+                "lane subscription", conn.lane.subscribe, site.lane, _LANE_DETECTOR_VARIABLES
+            )
+
+
+def detector_readings(engine: SumoEngine) -> dict[str, DetectorStep]:
+    """The watched detectors at the end of the last step, by detector id."""
+    conn = engine._conn
+    out: dict[str, DetectorStep] = {}
+    loops = engine._call("loop readings", conn.inductionloop.getAllSubscriptionResults)
+    for loop, values in loops.items():
+        speed = float(values[tc.LAST_STEP_MEAN_SPEED])
+        out[loop] = DetectorStep(
+            vehicle_ids=tuple(values[tc.LAST_STEP_VEHICLE_ID_LIST]),
+            mean_speed_ms=speed if speed >= 0 else None,
+            occupancy=float(values[tc.LAST_STEP_OCCUPANCY]) / 100.0,  # loops report percent
+            halting=None,
+        )
+    lanes = engine._call("lane readings", conn.lane.getAllSubscriptionResults)
+    for lane, values in lanes.items():
+        if tc.LAST_STEP_MEAN_SPEED not in values:
+            continue  # a signal-control subscription, not a detector
+        ids = tuple(values[tc.LAST_STEP_VEHICLE_ID_LIST])
+        out[lane] = DetectorStep(
+            vehicle_ids=ids,
+            mean_speed_ms=float(values[tc.LAST_STEP_MEAN_SPEED]) if ids else None,
+            occupancy=float(values[tc.LAST_STEP_OCCUPANCY]),
+            halting=int(values[tc.LAST_STEP_VEHICLE_HALTING_NUMBER]),
+        )
+    return out
+
+
+def stop_vehicle_on(engine: SumoEngine, lane: str) -> str | None:
+    """Scripted incident: the vehicle furthest along ``lane`` stops where it is (speed 0).
+
+    Returns its id, or None when the lane is empty now.
+    """
+    conn = engine._conn
+    ids = engine._call("lane vehicles", conn.lane.getLastStepVehicleIDs, lane)
+    if not ids:
+        return None
+    lead = max(ids, key=lambda v: engine._call("lane position", conn.vehicle.getLanePosition, v))
+    engine._call("stop vehicle", conn.vehicle.setSpeed, lead, 0.0)
+    engine._call("lane change mode", conn.vehicle.setLaneChangeMode, lead, 0)
+    return str(lead)

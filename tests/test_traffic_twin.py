@@ -1,0 +1,137 @@
+"""The traffic twin on a tiny netconvert crossroads: readings through ingest into DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+import civica.domains.traffic.twin as twin_module
+from civica.app import Services, build_services
+from civica.core.store import ObservationQuery
+from civica.domains.traffic.engine import SumoEngine
+from civica.domains.traffic.scenarios import Scenario, ScenarioError
+from civica.domains.traffic.twin import TwinError, flow_id, run_twin
+from civica.storage import DuckDBStore
+from tests.test_traffic_control import _alive, _crossroads
+
+MEASURES = ("intensity", "occupancy", "averageVehicleSpeed", "queueLength")
+START = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return _crossroads(tmp_path_factory.mktemp("twin"), "traffic_light")
+
+
+@pytest.fixture
+def sumo_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the SUMO processes the twin starts (to check none is left running)."""
+    pids: list[int] = []
+
+    class Spy(SumoEngine):
+        def start(self) -> None:
+            super().start()
+            assert self.pid is not None
+            pids.append(self.pid)
+
+    monkeypatch.setattr(twin_module, "SumoEngine", Spy)
+    return pids
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    store = DuckDBStore(tmp_path / "city.duckdb")
+    yield build_services(store)
+    store.close()
+
+
+def test_lane_detectors_become_stored_readings(crossroads: Scenario, services: Services) -> None:
+    run = run_twin(crossroads, services.ingest, seconds=300, interval_s=60, start=START)
+    assert run.intervals == 5
+    assert {s.detector_id for s in run.sites} >= {"WC_0", "WC_1", "CE_0"}
+    assert all(not s.detector_id.startswith(":") for s in run.sites)
+    rows = services.store.query_observations(
+        "", ObservationQuery(entity_ids=(flow_id("crossroads", "WC_0"),), attrs=MEASURES)
+    )
+    by_attr: dict[str, list[float]] = {}
+    for row in rows:
+        by_attr.setdefault(row.attribute, []).append(row.value_num or 0.0)
+    times = sorted({r.observed_at for r in rows})
+    assert times == [START + timedelta(seconds=60 * i) for i in range(1, 6)]
+    assert len(by_attr["intensity"]) == 5
+    # W->E and W->N demand (600 veh/h) enters on WC's two lanes
+    assert 0 < sum(by_attr["intensity"]) / 5 < 600
+    assert all(0.0 <= o <= 1.0 for o in by_attr["occupancy"])
+    assert all(0.0 < v <= 13.9 * 3.6 + 1e-6 for v in by_attr["averageVehicleSpeed"])
+    assert all(q >= 0.0 and q % 7.5 == 0 for q in by_attr["queueLength"])
+    speed = services.store.query_observations(
+        "",
+        ObservationQuery(
+            entity_ids=(flow_id("crossroads", "WC_0"),), attrs=("averageVehicleSpeed",)
+        ),
+    )
+    assert {r.unit for r in speed} == {"KMH"}
+    stored = services.store.get_entities("", [flow_id("crossroads", "WC_0")])
+    entity = stored[flow_id("crossroads", "WC_0")].entity
+    assert entity["refRoadSegment"]["object"] == "urn:ngsi-ld:RoadSegment:crossroads:WC"
+    assert entity["laneId"]["value"] == 0
+
+
+def test_network_induction_loops_are_used_when_present(
+    crossroads: Scenario, services: Services, tmp_path: Path
+) -> None:
+    loops = tmp_path / "loops.add.xml"
+    loops.write_text(
+        "<additional>"
+        '<inductionLoop id="e1_W0" lane="WC_0" pos="150" period="60" file="NUL"/>'
+        '<inductionLoop id="e1_E0" lane="EC_0" pos="150" period="60" file="NUL"/>'
+        "</additional>"
+    )
+    with_loops = replace(crossroads, additional_files=(loops,))
+    run = run_twin(with_loops, services.ingest, seconds=180, interval_s=60, start=START)
+    assert [(s.detector_id, s.kind, s.edge) for s in run.sites] == [
+        ("e1_E0", "inductionLoop", "EC"),
+        ("e1_W0", "inductionLoop", "WC"),
+    ]
+    rows = services.store.query_observations(
+        "", ObservationQuery(entity_ids=(flow_id("crossroads", "e1_W0"),), attrs=MEASURES)
+    )
+    attrs = {r.attribute for r in rows}
+    assert attrs == {"intensity", "occupancy", "averageVehicleSpeed"}  # a loop has no queue
+    assert len({r.observed_at for r in rows}) == 3
+    assert all(0.0 <= (r.value_num or 0) <= 1.0 for r in rows if r.attribute == "occupancy")
+
+
+def test_bad_input_is_a_clear_error_and_sumo_is_closed(
+    crossroads: Scenario, services: Services, sumo_pids: list[int]
+) -> None:
+    seen: list[int | None] = []
+    with pytest.raises(TwinError, match=r"unknown detector\(s\) nope in scenario crossroads"):
+        run_twin(
+            crossroads,
+            services.ingest,
+            seconds=60,
+            detectors=["WC_0", "nope"],
+            on_interval=lambda at, docs: seen.append(None),
+        )
+    with pytest.raises(ScenarioError, match="unknown scenario 'atlantis'"):
+        run_twin("atlantis", services.ingest, seconds=60)
+    with pytest.raises(TwinError, match="interval"):
+        run_twin(crossroads, services.ingest, seconds=30, interval_s=60)
+    assert not seen
+    assert len(sumo_pids) == 1 and not _alive(sumo_pids[0])
+
+
+def test_sumo_is_ended_after_an_error_in_a_run(
+    crossroads: Scenario, services: Services, sumo_pids: list[int]
+) -> None:
+    def boom(at: datetime, docs: list[dict[str, object]]) -> None:
+        raise RuntimeError("watch failed")
+
+    with pytest.raises(RuntimeError, match="watch failed"):
+        run_twin(crossroads, services.ingest, seconds=120, on_interval=boom)
+    assert len(sumo_pids) == 1 and not _alive(sumo_pids[0])
