@@ -98,6 +98,7 @@ def test_nothing_identifying_reaches_the_database(tmp_path: Path) -> None:
     dump = "\n".join(text)
     assert "averageTravelTime" in dump and "travel-A-B" in dump  # the scan sees the data
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert b"travel-A-B" in raw  # strings are legible in the file, so the byte scan means something
     for secret in (*ids, *tokens):
         assert secret not in dump
         assert secret.encode() not in raw
@@ -240,3 +241,22 @@ def test_bad_input_is_a_clear_error() -> None:
         import pickle
 
         pickle.dumps(hasher)
+
+
+def test_k_counts_distinct_vehicles_and_closed_intervals_stay_closed() -> None:
+    clock = Clock(T0)
+    matcher = TravelTimeMatcher(SEGMENTS[:1], clock=clock, k=3)
+    # One vehicle looping A -> B five times in the interval is still one vehicle.
+    for lap in range(5):
+        matcher.add(Sighting("loop-A", T0 + timedelta(seconds=20 * lap), "same"))
+        assert matcher.add(Sighting("loop-B", T0 + timedelta(seconds=20 * lap + 10), "same"))
+    clock.at = T0 + timedelta(minutes=5)
+    assert matcher.close() == [] and matcher.suppressed == 1
+    # A travel time for the closed interval, arriving late, is dropped, not published alone.
+    for i in range(3):
+        matcher.add(Sighting("loop-A", T0 + timedelta(seconds=200), f"late{i}"))
+    for i in range(3):
+        matcher.add(Sighting("loop-B", T0 + timedelta(seconds=290), f"late{i}"))
+    assert matcher.late == 3
+    clock.at = T0 + timedelta(minutes=20)
+    assert matcher.close() == []

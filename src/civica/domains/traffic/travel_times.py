@@ -16,6 +16,7 @@ import heapq
 import math
 import re
 import statistics
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -113,7 +114,10 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass
 class _Bucket:
+    """Travel times of one segment and interval; tokens only to count distinct vehicles."""
+
     travel_s: list[float] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
 
 
 class TravelTimeMatcher:
@@ -153,17 +157,25 @@ class TravelTimeMatcher:
         self._order: list[tuple[datetime, str, str]] = []
         self._buckets: dict[tuple[str, datetime], _Bucket] = {}
         self.suppressed = 0  # intervals dropped for having fewer than k vehicles
+        self.late = 0  # travel times that arrived after their interval was closed
+        self._closed_until: datetime | None = None
+        self._lock = threading.RLock()  # detectors may feed from several threads
 
     # ---- sightings -------------------------------------------------------------------
     def __len__(self) -> int:
         """How many sightings are held."""
-        return sum(len(seen) for seen in self._seen.values())
+        with self._lock:
+            return sum(len(seen) for seen in self._seen.values())
 
     def _now(self) -> datetime:
         return utc_time(self.clock.now(), "clock time")
 
     def prune(self, now: datetime | None = None) -> int:
         """Forget sightings older than the retention; return how many went."""
+        with self._lock:
+            return self._prune(now)
+
+    def _prune(self, now: datetime | None) -> int:
         cutoff = (utc_time(now) if now is not None else self._now()) - self.retention
         gone = 0
         while self._order and self._order[0][0] < cutoff:
@@ -178,6 +190,10 @@ class TravelTimeMatcher:
 
     def add(self, sighting: Sighting) -> list[float]:
         """Take one sighting; return the travel times it completed (seconds)."""
+        with self._lock:
+            return self._add(sighting)
+
+    def _add(self, sighting: Sighting) -> list[float]:
         if not isinstance(sighting, Sighting):
             raise TravelTimeError(f"expected a Sighting, got {type(sighting).__name__}")
         if sighting.detector not in self.detectors:
@@ -186,7 +202,7 @@ class TravelTimeMatcher:
                 + ", ".join(sorted(self.detectors))
             )
         at = utc_time(sighting.at)
-        self.prune()
+        self._prune(None)
         if at < self._now() - self.retention:
             return []  # already past the retention: never held
         done: list[float] = []
@@ -197,7 +213,12 @@ class TravelTimeMatcher:
             travel = (at - start).total_seconds()
             if 0 < travel <= seg.max_travel_s:
                 del self._seen[seg.origin][sighting.token]  # one passage, one travel time
-                self._bucket(seg, at).travel_s.append(travel)
+                bucket = self._bucket(seg, at)
+                if bucket is None:
+                    self.late += 1  # its interval was already published or suppressed
+                    continue
+                bucket.travel_s.append(travel)
+                bucket.tokens.add(sighting.token)
                 done.append(travel)
         self._seen[sighting.detector][sighting.token] = at
         heapq.heappush(self._order, (at, sighting.detector, sighting.token))
@@ -207,9 +228,11 @@ class TravelTimeMatcher:
         """Take many sightings; return how many travel times they completed."""
         return sum(len(self.add(s)) for s in sightings)
 
-    def _bucket(self, seg: Segment, at: datetime) -> _Bucket:
+    def _bucket(self, seg: Segment, at: datetime) -> _Bucket | None:
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         start = epoch + ((at - epoch) // self.interval) * self.interval
+        if self._closed_until is not None and start + self.interval <= self._closed_until:
+            return None
         return self._buckets.setdefault((seg.id, start), _Bucket())
 
     # ---- aggregates --------------------------------------------------------------------
@@ -217,9 +240,16 @@ class TravelTimeMatcher:
         """Aggregates of every interval that has ended, at least ``k`` vehicles each.
 
         Closed intervals are removed whether published or suppressed; a travel time that
-        arrives later for a closed interval starts a new (likely suppressed) group.
+        arrives later for a closed interval is dropped (counted in ``late``), so an interval
+        is never published twice and never in two halves smaller than k.
         """
+        with self._lock:
+            return self._close(now)
+
+    def _close(self, now: datetime | None) -> list[TravelTimeAggregate]:
         until = utc_time(now) if now is not None else self._now()
+        if self._closed_until is None or until > self._closed_until:
+            self._closed_until = until
         by_id = {s.id: s for s in self.segments}
         out: list[TravelTimeAggregate] = []
         for key in sorted(self._buckets, key=lambda k: (k[1], k[0])):
@@ -227,8 +257,9 @@ class TravelTimeMatcher:
             end = start + self.interval
             if end > until:
                 continue
-            values = self._buckets.pop(key).travel_s
-            if len(values) < self.k:
+            bucket = self._buckets.pop(key)
+            values = bucket.travel_s
+            if len(bucket.tokens) < self.k:  # k distinct vehicles, not k passages
                 self.suppressed += 1
                 continue
             out.append(
