@@ -13,8 +13,9 @@ import civica.domains.traffic.twin as twin_module
 from civica.app import Services, build_services
 from civica.core.store import ObservationQuery
 from civica.domains.traffic.engine import SumoEngine
+from civica.domains.traffic.ids import flow_id
 from civica.domains.traffic.scenarios import Scenario, ScenarioError
-from civica.domains.traffic.twin import TwinError, flow_id, run_twin
+from civica.domains.traffic.twin import TwinError, run_twin
 from civica.storage import DuckDBStore
 from tests.test_traffic_control import _alive, _crossroads
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from civica.core.timefmt import format_time
+from civica.domains.traffic.congestion import DEFAULT, CongestionWatch, DetectorRef, Thresholds
 from civica.domains.traffic.engine import (
     LANE,
     DetectorSite,
@@ -33,28 +33,15 @@ from civica.domains.traffic.engine import (
     stop_vehicle_on,
     watch_detectors,
 )
+from civica.domains.traffic.ids import TRAFFIC_FLOW, flow_id, segment_id
 from civica.domains.traffic.scenarios import Scenario, resco_scenario
 from civica.ingest.pipeline import Ingest
 
-TRAFFIC_FLOW = "TrafficFlowObserved"
 VEHICLE_SPACE_M = 7.5  # SUMO's default passenger car: 5 m long + 2.5 m minimum gap
 
 
 class TwinError(ValueError):
     """A twin run that cannot be done as asked (unknown detector, bad interval, ...)."""
-
-
-def urn_part(text: str) -> str:
-    """A SUMO id made safe inside an NGSI-LD URN (``#`` and spaces are common in edge ids)."""
-    return quote(text, safe="-_.~")
-
-
-def flow_id(scenario: str, detector: str) -> str:
-    return f"urn:ngsi-ld:{TRAFFIC_FLOW}:{urn_part(scenario)}:{urn_part(detector)}"
-
-
-def segment_id(scenario: str, edge: str) -> str:
-    return f"urn:ngsi-ld:RoadSegment:{urn_part(scenario)}:{urn_part(edge)}"
 
 
 @dataclass
@@ -144,7 +131,7 @@ class ScriptedIncident:
     at_s: float
 
 
-Publish = Callable[[datetime, list[dict[str, Any]]], None]
+Publish = Callable[[datetime, list[dict[str, Any]]], object]
 
 
 def run_twin(
@@ -160,12 +147,14 @@ def run_twin(
     demand_scale: float = 1.0,
     incidents: Sequence[ScriptedIncident] = (),
     on_interval: Publish | None = None,
+    on_sites: Callable[[tuple[DetectorSite, ...]], None] | None = None,
 ) -> TwinRun:
     """Run ``scenario`` (a Scenario or a RESCO name) and publish its detectors through ingest.
 
     ``detectors`` picks some of them (all by default; an unknown one is an error).
     ``on_interval(at, docs)`` is called after each published interval (live watches hook in
-    there). SUMO is always closed, also after an error.
+    there); ``on_sites(sites)`` once the detectors are known. SUMO is always closed, also
+    after an error.
     """
     if isinstance(scenario, str):
         scenario = resco_scenario(scenario)
@@ -193,6 +182,8 @@ def run_twin(
             if not sites:
                 raise TwinError(f"scenario {name} has no detectors and no lanes")
             run.sites = sites
+            if on_sites is not None:
+                on_sites(sites)
             watch_detectors(engine, sites)
             accumulators = {s.detector_id: Accumulator() for s in sites}
             pending = sorted(incidents, key=lambda i: i.at_s)
@@ -231,3 +222,50 @@ def run_twin(
                     if on_interval is not None:
                         on_interval(at, docs)
     return run
+
+
+def detector_refs(scenario: str, sites: Sequence[DetectorSite]) -> dict[str, DetectorRef]:
+    """Each detector's entity id -> its road segment and that segment's free-flow speed."""
+    free: dict[str, float] = {}
+    for site in sites:
+        free[site.edge] = max(free.get(site.edge, 0.0), site.free_speed_ms * 3.6)
+    return {
+        flow_id(scenario, s.detector_id): DetectorRef(
+            s.edge, segment_id(scenario, s.edge), free[s.edge]
+        )
+        for s in sites
+    }
+
+
+def run_live(
+    scenario: Scenario | str,
+    ingest: Ingest,
+    *,
+    seconds: float,
+    interval_s: float = 60.0,
+    start: datetime | None = None,
+    tenant: str = "",
+    thresholds: Thresholds = DEFAULT,
+    **twin_options: Any,
+) -> tuple[TwinRun, CongestionWatch]:
+    """The twin with the congestion watch on: alerts are raised as intervals arrive."""
+    if isinstance(scenario, str):
+        scenario = resco_scenario(scenario)
+    watch = CongestionWatch(ingest, scenario=scenario.name, tenant=tenant, thresholds=thresholds)
+    name = scenario.name
+    try:
+        run = run_twin(
+            scenario,
+            ingest,
+            seconds=seconds,
+            interval_s=interval_s,
+            start=start,
+            tenant=tenant,
+            on_sites=lambda sites: watch.add_detectors(detector_refs(name, sites)),
+            on_interval=lambda at, docs: watch.process(until=at),
+            **twin_options,
+        )
+        watch.process()
+    finally:
+        watch.close()
+    return run, watch

@@ -1,0 +1,208 @@
+"""Congestion levels, alert hysteresis on scripted series, and the live watch in the twin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from civica.app import Services, build_services
+from civica.core.query import parse_q
+from civica.core.store import EntityQuery
+from civica.domains.traffic.congestion import (
+    Condition,
+    CongestionWatch,
+    DetectorReading,
+    DetectorRef,
+    EpisodeTracker,
+    Level,
+    Thresholds,
+    congestion_level,
+    segment_condition,
+)
+from civica.domains.traffic.ids import flow_id, segment_id
+from civica.domains.traffic.scenarios import Scenario
+from civica.domains.traffic.twin import ScriptedIncident, run_live
+from civica.storage import DuckDBStore
+from tests.test_traffic_control import _crossroads
+
+T0 = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    store = DuckDBStore(tmp_path / "city.duckdb")
+    yield build_services(store)
+    store.close()
+
+
+def _alerts(services: Services) -> list[dict[str, object]]:
+    page = services.store.query_entities(
+        "",
+        EntityQuery(types=("Alert",), q=parse_q('subCategory=="trafficJam"'), limit=100),
+    )
+    return sorted((e.entity for e in page.items), key=lambda e: str(e["id"]))
+
+
+@pytest.mark.parametrize(
+    ("ratio", "occupancy", "level"),
+    [
+        (0.9, 0.05, Level.FREE),
+        (None, 0.0, Level.FREE),  # nobody passed: free, not unknown-as-jammed
+        (0.5, 0.05, Level.HEAVY),
+        (0.9, 0.2, Level.HEAVY),
+        (0.2, 0.05, Level.CONGESTED),
+        (0.9, 0.35, Level.CONGESTED),  # occupancy alone can raise the level
+        (0.1, 0.05, Level.JAMMED),
+        (None, 0.6, Level.JAMMED),
+    ],
+)
+def test_levels_take_the_worse_of_speed_and_occupancy(
+    ratio: float | None, occupancy: float, level: Level
+) -> None:
+    assert congestion_level(ratio, occupancy) is level
+
+
+def test_bad_thresholds_and_readings_are_refused() -> None:
+    with pytest.raises(ValueError, match="must not be easier"):
+        Thresholds(enter_ratio=0.5, leave_ratio=0.4)
+    with pytest.raises(ValueError, match="fall"):
+        Thresholds(heavy_ratio=0.2)
+    with pytest.raises(ValueError, match="at least 1"):
+        Thresholds(enter_intervals=0)
+    with pytest.raises(ValueError, match="negative"):
+        congestion_level(-0.1, 0.0)
+    with pytest.raises(ValueError, match="free-flow"):
+        segment_condition([DetectorReading()], 0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        segment_condition([], 50.0)
+
+
+def test_segment_condition_weights_lanes_by_flow_and_takes_the_worst_occupancy() -> None:
+    condition = segment_condition(
+        [
+            DetectorReading(intensity=900, occupancy=0.1, speed_kmh=40, queue_m=0),
+            DetectorReading(intensity=100, occupancy=0.4, speed_kmh=10, queue_m=30),
+            DetectorReading(intensity=0, occupancy=0.0, speed_kmh=None),
+        ],
+        free_flow_kmh=50.0,
+    )
+    assert condition.speed_ratio == pytest.approx((900 * 40 + 100 * 10) / 1000 / 50)
+    assert condition.occupancy == 0.4
+    assert condition.level is Level.CONGESTED
+    assert condition.queue_m == 30
+
+
+def _series(ratios: list[float]) -> list[tuple[datetime, Condition]]:
+    return [
+        (T0 + i * MINUTE, Condition(r, 0.05, congestion_level(r, 0.05)))
+        for i, r in enumerate(ratios)
+    ]
+
+
+def test_hysteresis_one_episode_no_flapping_on_a_scripted_speed_series() -> None:
+    # free, a dip too short to count, a real jam that wobbles around the entry threshold
+    # (0.3) without reaching the exit one (0.35) for 3 intervals, then free flow again
+    ratios = [0.9, 0.9, 0.2, 0.2, 0.9]  # 2 bad intervals: not enough
+    ratios += [0.25, 0.2, 0.1, 0.32, 0.28, 0.34, 0.2, 0.5, 0.33, 0.6, 0.7, 0.8]
+    ratios += [0.9] * 5 + [0.1] * 3 + [0.9] * 3  # a second, separate episode
+    tracker = EpisodeTracker("WC")
+    changes = [(at, tracker.update(at, c)) for at, c in _series(ratios)]
+    events = [(at, change) for at, change in changes if change is not None]
+    assert [c for _, c in events] == ["opened", "closed", "opened", "closed"]
+    first, second = tracker.episodes
+    assert first.started_at == T0 + 5 * MINUTE  # the first of the three bad intervals
+    assert first.detected_at == T0 + 7 * MINUTE  # k = 3 intervals later
+    assert first.ended_at == T0 + 16 * MINUTE  # 0.6, 0.7, 0.8: 3 good intervals
+    assert first.worst is Level.JAMMED
+    assert second.started_at == T0 + 22 * MINUTE and second.ended_at == T0 + 27 * MINUTE
+    assert tracker.active is None
+
+
+def test_a_segment_hovering_at_the_threshold_raises_no_alert() -> None:
+    tracker = EpisodeTracker("EC")
+    ratios = [0.29, 0.31, 0.29, 0.31, 0.28, 0.4, 0.29, 0.29, 0.36] * 5
+    assert all(tracker.update(at, c) is None for at, c in _series(ratios))
+    assert tracker.episodes == []
+
+
+def test_watch_raises_and_resolves_one_alert_per_episode_through_ingest(
+    services: Services,
+) -> None:
+    refs = {
+        flow_id("town", lane): DetectorRef("main", segment_id("town", "main"), 50.0)
+        for lane in ("main_0", "main_1")
+    }
+    watch = CongestionWatch(services.ingest, scenario="town", detectors=refs)
+    speeds = [45, 45, 10, 8, 5, 5, 12, 30, 40, 45, 45, 45]
+    for i, speed in enumerate(speeds):
+        at = T0 + (i + 1) * MINUTE
+        docs = [
+            {
+                "id": entity,
+                "type": "TrafficFlowObserved",
+                "intensity": {"type": "Property", "value": 600.0, "observedAt": _z(at)},
+                "occupancy": {"type": "Property", "value": 0.1, "observedAt": _z(at)},
+                "averageVehicleSpeed": {
+                    "type": "Property",
+                    "value": float(speed),
+                    "unitCode": "KMH",
+                    "observedAt": _z(at),
+                },
+            }
+            for entity in refs
+        ]
+        assert not services.ingest.upsert("", docs).errors
+        watch.process(until=at)
+    watch.close()
+    (alert,) = _alerts(services)
+    assert alert["id"] == "urn:ngsi-ld:Alert:traffic:trafficJam:town:main:2026-11-23T07:03:00.000Z"
+    assert _v(alert, "category") == "traffic"
+    assert _v(alert, "status") == "resolved"
+    assert _v(alert, "severity") == "high"  # 5 km/h of 50 is jammed
+    assert _v(alert, "validTo") == "2026-11-23T07:10:00.000Z"
+    assert alert["alertSource"]["object"] == segment_id("town", "main")  # type: ignore[index]
+    assert [d["status"]["value"] for d in watch.alerts] == ["open", "resolved"]
+
+
+def _z(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _v(entity: dict[str, object], name: str) -> object:
+    attr = entity[name]
+    assert isinstance(attr, dict)
+    return attr["value"]
+
+
+@pytest.fixture(scope="module")
+def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    return _crossroads(tmp_path_factory.mktemp("jam"), "traffic_light")
+
+
+def test_normal_traffic_raises_no_alert(crossroads: Scenario, services: Services) -> None:
+    run, watch = run_live(crossroads, services.ingest, seconds=600, start=T0)
+    assert run.intervals == 10
+    assert len(watch.conditions) == 10 * 8  # 8 edges a minute
+    assert not watch.alerts and not _alerts(services)
+
+
+def test_a_blocked_exit_raises_jam_alerts_upstream(
+    crossroads: Scenario, services: Services
+) -> None:
+    blocked = (ScriptedIncident("CE_0", 120), ScriptedIncident("CE_1", 120))
+    run, _ = run_live(crossroads, services.ingest, seconds=420, start=T0, incidents=blocked)
+    assert {i["lane"] for i in run.incidents} == {"CE_0", "CE_1"}
+    stopped_at = T0 + timedelta(seconds=max(i["at_s"] for i in run.incidents))
+    stored = _alerts(services)
+    segments = {a["alertSource"]["object"] for a in stored}  # type: ignore[index]
+    assert segment_id("crossroads", "CE") in segments  # the blocked segment itself
+    assert segment_id("crossroads", "WC") in segments  # the queue behind it
+    first = min(_v(a, "dateIssued") for a in stored)
+    assert isinstance(first, str)
+    detected = datetime.fromisoformat(first)
+    assert timedelta(0) < detected - stopped_at <= timedelta(minutes=4)
+    assert len(stored) == len({a["alertSource"]["object"] for a in stored})  # type: ignore[index]
