@@ -23,6 +23,13 @@ from civica.domains.traffic.congestion import (
     segment_condition,
 )
 from civica.domains.traffic.ids import flow_id, segment_id
+from civica.domains.traffic.incidents import (
+    Incident,
+    IncidentConfig,
+    IncidentDetector,
+    SegmentSample,
+    score_incidents,
+)
 from civica.domains.traffic.scenarios import Scenario
 from civica.domains.traffic.twin import ScriptedIncident, run_live
 from civica.storage import DuckDBStore
@@ -206,3 +213,115 @@ def test_a_blocked_exit_raises_jam_alerts_upstream(
     detected = datetime.fromisoformat(first)
     assert timedelta(0) < detected - stopped_at <= timedelta(minutes=4)
     assert len(stored) == len({a["alertSource"]["object"] for a in stored})  # type: ignore[index]
+
+
+# ---- incidents ---------------------------------------------------------------------------
+LINKS = {"A": ("B", "C"), "B": (), "C": ()}  # A feeds B and C across one junction
+NORMAL = {
+    "A": SegmentSample(600, 0.08, 15),
+    "B": SegmentSample(400, 0.05, 0),
+    "C": SegmentSample(200, 0.03, 0),
+}
+
+
+def _feed(detector: IncidentDetector, samples: list[dict[str, SegmentSample]]) -> list[str]:
+    events = []
+    for i, interval in enumerate(samples):
+        for incident in detector.update(T0 + i * MINUTE, interval):
+            events.append(f"{i}:{incident.segment}:{'end' if incident.ended_at else 'start'}")
+    return events
+
+
+def test_flow_drop_below_a_filling_segment_is_one_incident_until_it_clears() -> None:
+    blocked = {
+        "A": SegmentSample(300, 0.3, 120),
+        "B": SegmentSample(20, 0.01, 0),
+        "C": SegmentSample(190, 0.03, 0),
+    }
+    detector = IncidentDetector(LINKS)
+    events = _feed(detector, [NORMAL] * 6 + [blocked] * 5 + [NORMAL] * 4)
+    assert events == ["7:B:start", "13:B:end"]  # confirmed on the 2nd bad interval
+    (incident,) = detector.incidents
+    assert incident.upstream == ("A",) and incident.suspected_from == T0 + 6 * MINUTE
+
+
+def test_recurrent_congestion_and_quiet_periods_are_not_incidents() -> None:
+    # upstream fills but the flow past it holds: a busy signal, not a blockage
+    busy = {**NORMAL, "A": SegmentSample(700, 0.35, 150)}
+    # flow falls everywhere (night) with nothing filling up
+    quiet = {k: SegmentSample(v.intensity * 0.2, 0.01, 0) for k, v in NORMAL.items()}
+    detector = IncidentDetector(LINKS)
+    assert _feed(detector, [NORMAL] * 5 + [busy] * 5 + [quiet] * 5 + [NORMAL] * 3) == []
+
+
+def test_a_starved_junction_raises_one_incident_not_one_per_exit() -> None:
+    gridlock = {
+        "A": SegmentSample(100, 0.5, 180),
+        "B": SegmentSample(0, 0.0, 0),
+        "C": SegmentSample(10, 0.0, 0),
+    }
+    detector = IncidentDetector(LINKS)
+    assert _feed(detector, [NORMAL] * 5 + [gridlock] * 3) == ["6:B:start"]
+    assert detector.incidents[0].members == {"B", "C"}
+
+
+def test_scores_count_detections_delays_and_false_alarms() -> None:
+    def alarm(segment: str, minutes: int, upstream: tuple[str, ...] = ()) -> Incident:
+        return Incident(segment, upstream, T0, T0 + minutes * MINUTE)
+
+    score = score_incidents(
+        [(T0, "B"), (T0 + 30 * MINUTE, "A"), (T0 + 60 * MINUTE, "C")],
+        [alarm("B", 2), alarm("B", 3), alarm("B", 33, ("A",)), alarm("C", 90)],
+        hours=2.0,
+    )
+    assert (score.scripted, score.detected) == (3, 2)
+    assert score.detection_rate == pytest.approx(2 / 3)
+    assert score.mean_time_to_detect_s == 150.0
+    assert score.false_alarms == 2 and score.false_alarms_per_hour == 1.0
+    with pytest.raises(ValueError, match="hours"):
+        score_incidents([], [], hours=0)
+    with pytest.raises(ValueError, match="flow drop"):
+        IncidentConfig(flow_drop=1.5)
+
+
+def test_scripted_blockages_in_the_twin_are_detected_without_false_alarms(
+    crossroads: Scenario, tmp_path: Path
+) -> None:
+    """Three blockages (both lanes of a segment, 5 min in) and two incident-free runs."""
+    runs = [(1, None), (2, None), (4, "WC"), (5, "EC"), (0, "CE")]
+    scripted: list[tuple[datetime, str]] = []
+    alarms: list[Incident] = []
+    seconds = 900
+    for n, (seed, edge) in enumerate(runs):
+        store = DuckDBStore(tmp_path / f"run{n}.duckdb")
+        services = build_services(store)
+        blocked = (
+            () if edge is None else tuple(ScriptedIncident(f"{edge}_{i}", 300) for i in (0, 1))
+        )
+        start = T0 + n * timedelta(hours=1)  # runs never overlap in time
+        run, watch = run_live(
+            crossroads,
+            services.ingest,
+            seconds=seconds,
+            start=start,
+            seed=seed,
+            incidents=blocked,
+            incident_config=IncidentConfig(),
+        )
+        assert watch.incidents is not None
+        alarms += watch.incidents.incidents
+        if edge is not None:
+            assert len(run.incidents) == 2
+            stopped = min(i["at_s"] for i in run.incidents)
+            scripted.append((start + timedelta(seconds=stopped), edge))
+            page = services.store.query_entities(
+                "",
+                EntityQuery(types=("Alert",), q=parse_q('subCategory=="incidentSuspected"')),
+            )
+            assert len(page.items) == 1  # one blockage, one alert
+        store.close()
+    score = score_incidents(scripted, alarms, hours=len(runs) * seconds / 3600)
+    print(score)  # benchmark figures for the README: pytest -s shows them
+    assert score.detection_rate == 1.0
+    assert score.mean_time_to_detect_s is not None and score.mean_time_to_detect_s <= 240
+    assert score.false_alarms == 0

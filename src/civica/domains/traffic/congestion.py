@@ -20,7 +20,7 @@ The pure part (levels, conditions, :class:`EpisodeTracker`) needs neither SUMO n
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum
@@ -29,6 +29,12 @@ from typing import Any
 from civica.core.bus import ObservationsAdded
 from civica.core.timefmt import format_time
 from civica.domains.traffic.ids import TRAFFIC_FLOW, urn_part
+from civica.domains.traffic.incidents import (
+    IncidentConfig,
+    IncidentDetector,
+    SegmentSample,
+    incident_alert,
+)
 from civica.ingest.pipeline import Ingest
 
 TRAFFIC_JAM = "trafficJam"
@@ -261,6 +267,7 @@ class CongestionWatch:
         tenant: str = "",
         thresholds: Thresholds = DEFAULT,
         detectors: Mapping[str, DetectorRef] | None = None,
+        incident_config: IncidentConfig | None = None,
     ) -> None:
         self.ingest, self.scenario, self.tenant = ingest, scenario, tenant
         self.thresholds = thresholds
@@ -271,11 +278,21 @@ class CongestionWatch:
         self.trackers: dict[str, EpisodeTracker] = {}
         self.conditions: list[tuple[datetime, str, Condition]] = []
         self.alerts: list[dict[str, Any]] = []
+        self.incident_config = incident_config
+        self.incidents: IncidentDetector | None = None
         ingest.bus.subscribe(self.on_event)
 
-    def add_detectors(self, detectors: Mapping[str, DetectorRef]) -> None:
+    def add_detectors(
+        self,
+        detectors: Mapping[str, DetectorRef],
+        successors: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Detectors to watch; with ``successors`` (segment -> next segments) and an
+        incident config, incidents are looked for too."""
         with self._lock:
             self._refs.update(detectors)
+            if successors is not None and self.incident_config is not None:
+                self.incidents = IncidentDetector(successors, self.incident_config)
 
     def on_event(self, event: object) -> None:
         if self._closed or not isinstance(event, ObservationsAdded):
@@ -310,10 +327,16 @@ class CongestionWatch:
                     )
                 )
             free = {r.segment: (r.free_flow_kmh, r.segment_urn) for r in refs.values()}
+            samples: dict[str, SegmentSample] = {}
             for segment in sorted(per_segment):
                 free_kmh, urn = free[segment]
                 condition = segment_condition(per_segment[segment], free_kmh, self.thresholds)
                 self.conditions.append((at, segment, condition))
+                samples[segment] = SegmentSample(
+                    intensity=sum(r.intensity for r in per_segment[segment]),
+                    occupancy=condition.occupancy,
+                    queue_m=condition.queue_m or 0.0,
+                )
                 tracker = self.trackers.setdefault(
                     segment, EpisodeTracker(segment, self.thresholds)
                 )
@@ -321,6 +344,10 @@ class CongestionWatch:
                 if change is not None:
                     episode = tracker.episodes[-1]
                     docs.append(jam_alert(self.scenario, segment, urn, episode))
+            if self.incidents is not None:
+                for incident in self.incidents.update(at, samples):
+                    urn = free[incident.segment][1]
+                    docs.append(incident_alert(self.scenario, incident, urn))
         if docs:
             out = self.ingest.upsert(self.tenant, docs)
             if out.errors:

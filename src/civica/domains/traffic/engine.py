@@ -431,3 +431,17 @@ def stop_vehicle_on(engine: SumoEngine, lane: str) -> str | None:
     engine._call("stop vehicle", conn.vehicle.setSpeed, lead, 0.0)
     engine._call("lane change mode", conn.vehicle.setLaneChangeMode, lead, 0)
     return str(lead)
+
+
+def edge_successors(engine: SumoEngine, lanes: set[str]) -> dict[str, tuple[str, ...]]:
+    """For the edges of these lanes, the (non-internal) edges their lanes lead to."""
+    conn = engine._conn
+    out: dict[str, set[str]] = {}
+    for lane in sorted(lanes):
+        edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
+        nexts = out.setdefault(edge, set())
+        for link in engine._call("lane links", conn.lane.getLinks, lane):
+            to_lane = str(link[0])
+            if not to_lane.startswith(":"):
+                nexts.add(str(engine._call("lane edge", conn.lane.getEdgeID, to_lane)))
+    return {edge: tuple(sorted(nexts)) for edge, nexts in out.items()}

@@ -30,10 +30,12 @@ from civica.domains.traffic.engine import (
     SumoOptions,
     detector_readings,
     detector_sites,
+    edge_successors,
     stop_vehicle_on,
     watch_detectors,
 )
 from civica.domains.traffic.ids import TRAFFIC_FLOW, flow_id, segment_id
+from civica.domains.traffic.incidents import IncidentConfig
 from civica.domains.traffic.scenarios import Scenario, resco_scenario
 from civica.ingest.pipeline import Ingest
 
@@ -120,6 +122,7 @@ class TwinRun:
     intervals: int = 0
     readings: int = 0
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    successors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sumo_pid: int | None = None
 
 
@@ -147,13 +150,14 @@ def run_twin(
     demand_scale: float = 1.0,
     incidents: Sequence[ScriptedIncident] = (),
     on_interval: Publish | None = None,
-    on_sites: Callable[[tuple[DetectorSite, ...]], None] | None = None,
+    on_sites: Callable[[tuple[DetectorSite, ...], dict[str, tuple[str, ...]]], None] | None = None,
 ) -> TwinRun:
     """Run ``scenario`` (a Scenario or a RESCO name) and publish its detectors through ingest.
 
     ``detectors`` picks some of them (all by default; an unknown one is an error).
     ``on_interval(at, docs)`` is called after each published interval (live watches hook in
-    there); ``on_sites(sites)`` once the detectors are known. SUMO is always closed, also
+    there); ``on_sites(sites, successors)`` once the detectors and the
+    segments they lead to are known. SUMO is always closed, also
     after an error.
     """
     if isinstance(scenario, str):
@@ -182,8 +186,9 @@ def run_twin(
             if not sites:
                 raise TwinError(f"scenario {name} has no detectors and no lanes")
             run.sites = sites
+            run.successors = edge_successors(engine, {s.lane for s in sites})
             if on_sites is not None:
-                on_sites(sites)
+                on_sites(sites, run.successors)
             watch_detectors(engine, sites)
             accumulators = {s.detector_id: Accumulator() for s in sites}
             pending = sorted(incidents, key=lambda i: i.at_s)
@@ -246,12 +251,22 @@ def run_live(
     start: datetime | None = None,
     tenant: str = "",
     thresholds: Thresholds = DEFAULT,
+    incident_config: IncidentConfig | None = None,
     **twin_options: Any,
 ) -> tuple[TwinRun, CongestionWatch]:
-    """The twin with the congestion watch on: alerts are raised as intervals arrive."""
+    """The twin with the congestion (and, given a config, incident) watch on.
+
+    Alerts are raised as intervals arrive.
+    """
     if isinstance(scenario, str):
         scenario = resco_scenario(scenario)
-    watch = CongestionWatch(ingest, scenario=scenario.name, tenant=tenant, thresholds=thresholds)
+    watch = CongestionWatch(
+        ingest,
+        scenario=scenario.name,
+        tenant=tenant,
+        thresholds=thresholds,
+        incident_config=incident_config,
+    )
     name = scenario.name
     try:
         run = run_twin(
@@ -261,7 +276,7 @@ def run_live(
             interval_s=interval_s,
             start=start,
             tenant=tenant,
-            on_sites=lambda sites: watch.add_detectors(detector_refs(name, sites)),
+            on_sites=lambda sites, links: watch.add_detectors(detector_refs(name, sites), links),
             on_interval=lambda at, docs: watch.process(until=at),
             **twin_options,
         )
