@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,9 +13,9 @@ import pytest
 import civica.domains.traffic.twin as twin_module
 from civica.app import Services, build_services
 from civica.core.store import ObservationQuery
-from civica.domains.traffic.engine import SumoEngine
+from civica.domains.traffic.engine import SumoEngine, sumo_binary
 from civica.domains.traffic.ids import flow_id
-from civica.domains.traffic.scenarios import Scenario, ScenarioError
+from civica.domains.traffic.scenarios import Scenario, ScenarioError, from_files
 from civica.domains.traffic.twin import TwinError, run_twin
 from civica.storage import DuckDBStore
 from tests.test_traffic_control import _alive, _crossroads
@@ -53,6 +54,7 @@ def services(tmp_path: Path) -> Iterator[Services]:
 def test_lane_detectors_become_stored_readings(crossroads: Scenario, services: Services) -> None:
     run = run_twin(crossroads, services.ingest, seconds=300, interval_s=60, start=START)
     assert run.intervals == 5
+    assert run.readings >= 5 * len(run.sites) * 2  # intensity and occupancy at least
     assert {s.detector_id for s in run.sites} >= {"WC_0", "WC_1", "CE_0"}
     assert all(not s.detector_id.startswith(":") for s in run.sites)
     rows = services.store.query_observations(
@@ -136,3 +138,39 @@ def test_sumo_is_ended_after_an_error_in_a_run(
     with pytest.raises(RuntimeError, match="watch failed"):
         run_twin(crossroads, services.ingest, seconds=120, on_interval=boom)
     assert len(sumo_pids) == 1 and not _alive(sumo_pids[0])
+
+
+def test_a_georeferenced_network_gives_readings_a_location(
+    services: Services, tmp_path: Path
+) -> None:
+    (tmp_path / "g.nod.xml").write_text(
+        '<nodes><node id="C" x="13.4" y="52.5" type="traffic_light"/>'
+        '<node id="W" x="13.397" y="52.5"/><node id="E" x="13.403" y="52.5"/></nodes>'
+    )
+    (tmp_path / "g.edg.xml").write_text(
+        '<edges><edge id="WC" from="W" to="C" numLanes="1" speed="13.9"/>'
+        '<edge id="CE" from="C" to="E" numLanes="1" speed="13.9"/></edges>'
+    )
+    net = tmp_path / "g.net.xml"
+    subprocess.run(
+        [
+            str(sumo_binary("netconvert")),
+            *("-n", str(tmp_path / "g.nod.xml"), "-e", str(tmp_path / "g.edg.xml")),
+            *("-o", str(net), "--proj.utm"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    routes = tmp_path / "g.rou.xml"
+    routes.write_text(
+        '<routes><flow id="f" begin="0" end="600" vehsPerHour="600" from="WC" to="CE"/></routes>'
+    )
+    run = run_twin(from_files(net, (routes,), name="line"), services.ingest, seconds=120)
+    west = next(s for s in run.sites if s.edge == "WC")
+    assert west.lon_lat is not None
+    lon, lat = west.lon_lat
+    assert 13.397 < lon < 13.4 and lat == pytest.approx(52.5, abs=1e-3)  # mid-lane
+    entity = services.store.get_entities("", [flow_id("line", "WC_0")])[flow_id("line", "WC_0")]
+    point = entity.entity["location"]["value"]
+    assert point["type"] == "Point"
+    assert point["coordinates"] == pytest.approx([lon, lat])

@@ -318,11 +318,14 @@ def _georeferenced(net_file: Path) -> bool:
     """Whether the network's <location> carries a projection (so x/y convert to lon/lat)."""
     import xml.etree.ElementTree as ET
 
-    for _, element in ET.iterparse(net_file, events=("start",)):
-        if element.tag == "location":
-            return bool(element.get("projParameter", "!") != "!")
-        if element.tag in ("edge", "junction"):
-            break
+    try:
+        for _, element in ET.iterparse(net_file, events=("start",)):
+            if element.tag == "location":
+                return bool(element.get("projParameter", "!") != "!")
+            if element.tag in ("edge", "junction"):
+                break
+    except (ET.ParseError, OSError):  # e.g. a .net.xml.gz: SUMO reads it, we go without
+        return False
     return False
 
 
@@ -353,20 +356,19 @@ def detector_sites(engine: SumoEngine) -> tuple[DetectorSite, ...]:
         ]
     sites = []
     for detector, kind, lane, pos in places:
+        edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
+        index = int(lane.rsplit("_", 1)[-1]) if "_" in lane else 0
         lon_lat = None
         if geo:
-            edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
-            x, y = engine._call("position", conn.simulation.convert2D, edge, pos, 0)
-            lon, lat = engine._call("convertGeo", conn.simulation.convertGeo, x, y)
+            lon, lat = engine._call("position", conn.simulation.convert2D, edge, pos, index, True)
             lon_lat = (float(lon), float(lat))
-        edge = str(engine._call("lane edge", conn.lane.getEdgeID, lane))
         sites.append(
             DetectorSite(
                 detector_id=detector,
                 kind=kind,
                 lane=lane,
                 edge=edge,
-                lane_index=int(lane.rsplit("_", 1)[-1]) if "_" in lane else 0,
+                lane_index=index,
                 free_speed_ms=float(engine._call("lane speed", conn.lane.getMaxSpeed, lane)),
                 lon_lat=lon_lat,
             )

@@ -87,6 +87,7 @@ class Accumulator:
 
 
 _UNITS = {"averageVehicleSpeed": "KMH", "queueLength": "MTR"}
+_MEASURES = ("intensity", "occupancy", "averageVehicleSpeed", "queueLength")
 
 
 def flow_entity(
@@ -222,7 +223,7 @@ def run_twin(
                     for acc in accumulators.values():
                         acc.reset()
                     run.intervals += 1
-                    run.readings += sum(len(d) - 4 - ("location" in d) for d in docs)
+                    run.readings += sum(1 for d in docs for k in d if k in _MEASURES)
                     since = engine.time
                     if on_interval is not None:
                         on_interval(at, docs)
