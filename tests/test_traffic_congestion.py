@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from civica.app import Services, build_services
+from civica.api.services import Services
+from civica.app import build_services
 from civica.core.query import parse_q
 from civica.core.store import EntityQuery
 from civica.domains.traffic.congestion import (
@@ -208,8 +209,7 @@ def test_a_blocked_exit_raises_jam_alerts_upstream(
     segments = {a["alertSource"]["object"] for a in stored}  # type: ignore[index]
     assert segment_id("crossroads", "CE") in segments  # the blocked segment itself
     assert segment_id("crossroads", "WC") in segments  # the queue behind it
-    first = min(_v(a, "dateIssued") for a in stored)
-    assert isinstance(first, str)
+    first = min(str(_v(a, "dateIssued")) for a in stored)
     detected = datetime.fromisoformat(first)
     assert timedelta(0) < detected - stopped_at <= timedelta(minutes=4)
     assert len(stored) == len({a["alertSource"]["object"] for a in stored})  # type: ignore[index]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import civica.domains.traffic.twin as twin_module
-from civica.app import Services, build_services
+from civica.api.services import Services
+from civica.app import build_services
 from civica.core.store import ObservationQuery
 from civica.domains.traffic.engine import SumoEngine, sumo_binary
 from civica.domains.traffic.ids import flow_id
@@ -121,12 +122,14 @@ def test_bad_input_is_a_clear_error_and_sumo_is_closed(
             detectors=["WC_0", "nope"],
             on_interval=lambda at, docs: seen.append(None),
         )
+    with pytest.raises(TwinError, match="no detector was selected"):
+        run_twin(crossroads, services.ingest, seconds=60, detectors=[])
     with pytest.raises(ScenarioError, match="unknown scenario 'atlantis'"):
         run_twin("atlantis", services.ingest, seconds=60)
     with pytest.raises(TwinError, match="interval"):
         run_twin(crossroads, services.ingest, seconds=30, interval_s=60)
     assert not seen
-    assert len(sumo_pids) == 1 and not _alive(sumo_pids[0])
+    assert len(sumo_pids) == 2 and not any(_alive(pid) for pid in sumo_pids)
 
 
 def test_sumo_is_ended_after_an_error_in_a_run(

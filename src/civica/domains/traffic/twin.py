@@ -155,10 +155,10 @@ def run_twin(
 ) -> TwinRun:
     """Run ``scenario`` (a Scenario or a RESCO name) and publish its detectors through ingest.
 
-    ``detectors`` picks some of them (all by default; an unknown one is an error).
-    ``on_interval(at, docs)`` is called after each published interval (live watches hook in
-    there); ``on_sites(sites, successors)`` once the detectors and the
-    segments they lead to are known. SUMO is always closed, also
+    ``detectors`` picks some of them (all by default; an unknown one is an error); a last
+    interval shorter than ``interval_s`` is not published. ``on_interval(at, docs)`` is called
+    after each published interval (live watches hook in there); ``on_sites(sites, successors)``
+    once the detectors and the segments they lead to are known. SUMO is always closed, also
     after an error.
     """
     if isinstance(scenario, str):
@@ -185,7 +185,8 @@ def run_twin(
                     )
                 sites = tuple(known[d] for d in dict.fromkeys(detectors))
             if not sites:
-                raise TwinError(f"scenario {name} has no detectors and no lanes")
+                what = "no detector was selected" if detectors is not None else "it has no lanes"
+                raise TwinError(f"nothing to observe in scenario {name}: {what}")
             run.sites = sites
             run.successors = edge_successors(engine, {s.lane for s in sites})
             if on_sites is not None:
