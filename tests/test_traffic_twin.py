@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,7 +16,7 @@ import civica.domains.traffic.twin as twin_module
 from civica.api.services import Services
 from civica.app import build_services
 from civica.core.store import ObservationQuery
-from civica.domains.traffic.engine import SumoEngine, sumo_binary
+from civica.domains.traffic.engine import SumoDisconnectedError, SumoEngine, sumo_binary
 from civica.domains.traffic.ids import flow_id
 from civica.domains.traffic.scenarios import Scenario, ScenarioError, from_files
 from civica.domains.traffic.twin import TwinError, run_twin
@@ -177,3 +179,19 @@ def test_a_georeferenced_network_gives_readings_a_location(
     point = entity.entity["location"]["value"]
     assert point["type"] == "Point"
     assert point["coordinates"] == pytest.approx([lon, lat])
+
+
+def test_sumo_dying_mid_run_is_a_disconnect_error_and_nothing_is_left(
+    crossroads: Scenario, services: Services, sumo_pids: list[int]
+) -> None:
+    def kill(at: datetime, docs: list[dict[str, object]]) -> None:
+        os.kill(sumo_pids[0], signal.SIGKILL)
+
+    with pytest.raises(SumoDisconnectedError, match="lost the TraCI connection"):
+        run_twin(crossroads, services.ingest, seconds=300, on_interval=kill)
+    assert not _alive(sumo_pids[0])
+    # the interval published before SUMO died is stored, nothing after it
+    rows = services.store.query_observations(
+        "", ObservationQuery(entity_ids=(flow_id("crossroads", "WC_0"),), attrs=("occupancy",))
+    )
+    assert len(rows) == 1
