@@ -186,13 +186,7 @@ def parse_attribute(name: str, raw: Any, ctx: LdContext, depth: int) -> dict[str
             attr = {"type": GEO_PROPERTY, "value": check_geometry(value, name)}
         else:
             attr["value"] = _check_value(name, value)
-    if "observedAt" in raw:
-        attr["observedAt"] = normalise_time(raw["observedAt"], f"{name}.observedAt")
-    if "unitCode" in raw:
-        unit = raw["unitCode"]
-        if not isinstance(unit, str) or not 0 < len(unit) <= 16:
-            raise bad_request(f"attribute {name!r}: unitCode must be a short string")
-        attr["unitCode"] = unit
+    _time_and_unit(name, raw, attr)
     if name in GEO_ATTRIBUTES and attr["type"] != GEO_PROPERTY:
         raise bad_request(f"{name!r} must be a GeoProperty", attribute=name)
     for key, sub in raw.items():
@@ -208,6 +202,12 @@ def parse_attribute(name: str, raw: Any, ctx: LdContext, depth: int) -> dict[str
 def _reading(name: str, value: float, raw: dict[str, Any]) -> dict[str, Any]:
     """``parse_attribute`` for a numeric Property with only observedAt and unitCode."""
     attr: dict[str, Any] = {"type": PROPERTY, "value": value}
+    _time_and_unit(name, raw, attr)
+    return attr
+
+
+def _time_and_unit(name: str, raw: Mapping[str, Any], attr: dict[str, Any]) -> None:
+    """Copy a checked ``observedAt`` (in canonical UTC form) and ``unitCode`` into ``attr``."""
     if "observedAt" in raw:
         attr["observedAt"] = normalise_time(raw["observedAt"], f"{name}.observedAt")
     if "unitCode" in raw:
@@ -215,7 +215,6 @@ def _reading(name: str, value: float, raw: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(unit, str) or not 0 < len(unit) <= 16:
             raise bad_request(f"attribute {name!r}: unitCode must be a short string")
         attr["unitCode"] = unit
-    return attr
 
 
 def _check_object(name: str, obj: Any) -> Any:

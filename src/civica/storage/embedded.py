@@ -368,30 +368,7 @@ class DuckDBStore:
         return [TypeInfo(r[0], int(r[1]), tuple(r[2])) for r in rows]
 
     def query_observations(self, tenant: str, query: ObservationQuery) -> list[Observation]:
-        where: list[str] = ["tenant = ?"]
-        params: list[Any] = [tenant]
-        if query.entity_ids is not None:
-            # Filter on the integer key only: a string predicate on entity_id costs several
-            # times the integer scan. The ids are checked exactly on the rows that come back.
-            keys = [entity_key(tenant, e) for e in query.entity_ids]
-            if len(keys) == 1:
-                where.append("entity_key = ?")
-                params.append(keys[0])
-            else:
-                where.append("list_contains(?, entity_key)")
-                params.append(keys)
-        if query.types is not None:
-            where.append("list_contains(?, entity_type)")
-            params.append(list(query.types))
-        if query.attrs is not None:
-            where.append("list_contains(?, attribute)")
-            params.append(list(query.attrs))
-        if query.start is not None:
-            where.append("observed_at >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("observed_at < ?")
-            params.append(query.end)
+        where, params = _observation_filter(tenant, query)
         cols = (
             "entity_id, entity_type, attribute, epoch_us(observed_at) as t, "
             "value_num, value_json, unit"
@@ -419,17 +396,7 @@ class DuckDBStore:
         if query.entity_ids is None or len(query.entity_ids) != 1:
             raise ValueError("history_documents reads the history of one entity")
         eid = query.entity_ids[0]
-        where = ["tenant = ?", "entity_key = ?"]
-        params: list[Any] = [tenant, entity_key(tenant, eid)]
-        if query.attrs is not None:
-            where.append("list_contains(?, attribute)")
-            params.append(list(query.attrs))
-        if query.start is not None:
-            where.append("observed_at >= ?")
-            params.append(query.start)
-        if query.end is not None:
-            where.append("observed_at < ?")
-            params.append(query.end)
+        where, params = _observation_filter(tenant, query)
         # The id is checked exactly inside the aggregates (only on rows the key selected).
         rows = (
             self._cursor()
@@ -570,6 +537,35 @@ _UPDATE_STATES = (
     "created_at = n.created_at, modified_at = n.modified_at "
     "from new_entities n where e.tenant = n.tenant and e.id = n.id"
 )
+
+
+def _observation_filter(tenant: str, query: ObservationQuery) -> tuple[list[str], list[Any]]:
+    """The WHERE terms (and their parameters) of an observation query."""
+    where: list[str] = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if query.entity_ids is not None:
+        # Filter on the integer key only: a string predicate on entity_id costs several
+        # times the integer scan. Callers check the ids exactly on the rows that come back.
+        keys = [entity_key(tenant, e) for e in query.entity_ids]
+        if len(keys) == 1:
+            where.append("entity_key = ?")
+            params.append(keys[0])
+        else:
+            where.append("list_contains(?, entity_key)")
+            params.append(keys)
+    if query.types is not None:
+        where.append("list_contains(?, entity_type)")
+        params.append(list(query.types))
+    if query.attrs is not None:
+        where.append("list_contains(?, attribute)")
+        params.append(list(query.attrs))
+    if query.start is not None:
+        where.append("observed_at >= ?")
+        params.append(query.start)
+    if query.end is not None:
+        where.append("observed_at < ?")
+        params.append(query.end)
+    return where, params
 
 
 def _replace_statements(
