@@ -27,8 +27,7 @@ from enum import IntEnum
 from typing import Any
 
 from civica.core.bus import ObservationsAdded
-from civica.core.timefmt import format_time
-from civica.domains.traffic.ids import TRAFFIC_FLOW, urn_part
+from civica.domains.traffic.ids import TRAFFIC_FLOW, traffic_alert
 from civica.domains.traffic.incidents import (
     IncidentConfig,
     IncidentDetector,
@@ -216,27 +215,17 @@ class EpisodeTracker:
 
 def jam_alert(scenario: str, segment: str, segment_urn: str, episode: Episode) -> dict[str, Any]:
     """The ``Alert`` of one episode: open while it lasts, resolved with ``validTo`` after."""
-    started = format_time(episode.started_at)
-    severity = "high" if episode.worst >= Level.JAMMED else "medium"
-    doc: dict[str, Any] = {
-        "id": f"urn:ngsi-ld:Alert:traffic:{TRAFFIC_JAM}:{urn_part(scenario)}:"
-        f"{urn_part(segment)}:{started}",
-        "type": "Alert",
-        "category": {"type": "Property", "value": "traffic"},
-        "subCategory": {"type": "Property", "value": TRAFFIC_JAM},
-        "severity": {"type": "Property", "value": severity},
-        "status": {"type": "Property", "value": "open" if episode.ended_at is None else "resolved"},
-        "validFrom": {"type": "Property", "value": started},
-        "dateIssued": {"type": "Property", "value": format_time(episode.detected_at)},
-        "alertSource": {"type": "Relationship", "object": segment_urn},
-        "description": {
-            "type": "Property",
-            "value": f"{episode.worst.label} traffic on segment {segment} of {scenario}",
-        },
-    }
-    if episode.ended_at is not None:
-        doc["validTo"] = {"type": "Property", "value": format_time(episode.ended_at)}
-    return doc
+    return traffic_alert(
+        TRAFFIC_JAM,
+        scenario,
+        segment,
+        segment_urn,
+        since=episode.started_at,
+        detected_at=episode.detected_at,
+        ended_at=episode.ended_at,
+        severity="high" if episode.worst >= Level.JAMMED else "medium",
+        description=f"{episode.worst.label} traffic on segment {segment} of {scenario}",
+    )
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from datetime import datetime, timedelta
 from statistics import fmean
 from typing import Any
 
-from civica.core.timefmt import format_time
-from civica.domains.traffic.ids import urn_part
+from civica.domains.traffic.ids import traffic_alert
 
 INCIDENT_SUSPECTED = "incidentSuspected"
 
@@ -202,28 +201,18 @@ class IncidentDetector:
 
 def incident_alert(scenario: str, incident: Incident, segment_urn: str) -> dict[str, Any]:
     """An ``Alert`` for a suspected incident on a segment (resolved once it has cleared)."""
-    since = format_time(incident.suspected_from)
-    status = "open" if incident.ended_at is None else "resolved"
-    doc: dict[str, Any] = {
-        "id": f"urn:ngsi-ld:Alert:traffic:{INCIDENT_SUSPECTED}:{urn_part(scenario)}:"
-        f"{urn_part(incident.segment)}:{since}",
-        "type": "Alert",
-        "category": {"type": "Property", "value": "traffic"},
-        "subCategory": {"type": "Property", "value": INCIDENT_SUSPECTED},
-        "severity": {"type": "Property", "value": "high"},
-        "status": {"type": "Property", "value": status},
-        "validFrom": {"type": "Property", "value": since},
-        "dateIssued": {"type": "Property", "value": format_time(incident.detected_at)},
-        "alertSource": {"type": "Relationship", "object": segment_urn},
-        "description": {
-            "type": "Property",
-            "value": f"flow on {incident.segment} collapsed while "
-            f"{', '.join(incident.upstream)} filled up: lane blocked?",
-        },
-    }
-    if incident.ended_at is not None:
-        doc["validTo"] = {"type": "Property", "value": format_time(incident.ended_at)}
-    return doc
+    return traffic_alert(
+        INCIDENT_SUSPECTED,
+        scenario,
+        incident.segment,
+        segment_urn,
+        since=incident.suspected_from,
+        detected_at=incident.detected_at,
+        ended_at=incident.ended_at,
+        severity="high",
+        description=f"flow on {incident.segment} collapsed while "
+        f"{', '.join(incident.upstream)} filled up: lane blocked?",
+    )
 
 
 @dataclass(frozen=True)
