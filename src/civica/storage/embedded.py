@@ -221,24 +221,22 @@ class DuckDBStore:
         if any(w.tenant != tenant for w in writes):
             raise ValueError("prepared writes of one transaction belong to one tenant")
         # One INSERT OR REPLACE cannot hold a key twice (DuckDB keeps the first): last one wins.
-        latest: dict[str, tuple[StoredEntity, _CachedState]] = {}
+        latest: dict[str, _CachedState] = {}
         tables: list[pa.Table] = []
-        rows = 0
         for w in writes:
             states, table = w.payload
-            latest.update((s.id, (s, state)) for s, state in zip(w.entities, states, strict=True))
+            latest.update((state.id, state) for state in states)
             if table is not None:
                 tables.append(table)
-                rows += table.num_rows
-        entities = [pair[0] for pair in latest.values()]
-        states = [pair[1] for pair in latest.values()]
+        states = list(latest.values())
         obs_table = pa.concat_tables(tables) if len(tables) > 1 else next(iter(tables), None)
+        rows = 0 if obs_table is None else obs_table.num_rows
         with self._write_lock:
             con = self._con
             # A reading changes an entity's document and modification time only: then only
             # those two columns are updated (DuckDB updates column by column).
             cache = self._states
-            same = bool(entities) and cache.same_shape(tenant, states)
+            same = bool(states) and cache.same_shape(tenant, states)
             cache.generation += 1
             # The whole transaction goes to DuckDB as one script: every execute lets go of
             # the GIL and must win it back, which under load costs more than the statement.
@@ -247,7 +245,7 @@ class DuckDBStore:
                 if same:
                     con.register("new_docs", _doc_table(tenant, states))
                     script.append(_UPDATE_DOCS)
-                elif entities:
+                elif states:
                     con.register("new_entities", _entity_table(tenant, states))
                     script.extend(_replace_statements(con, cache.classify(tenant, states)))
                 if obs_table is not None:

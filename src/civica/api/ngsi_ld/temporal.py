@@ -199,13 +199,17 @@ def render_history(
     return out
 
 
-def _bounded(rows: list[Observation], count: int | None = None) -> list[Observation]:
-    if (len(rows) if count is None else count) > MAX_INSTANCES:
+def _bounded(rows: list[Observation]) -> list[Observation]:
+    _check_instances(len(rows))
+    return rows
+
+
+def _check_instances(count: int) -> None:
+    if count > MAX_INSTANCES:
         raise Problem(
             TOO_MANY_RESULTS,
             f"more than {MAX_INSTANCES} instances; narrow timerel, or use lastN or aggrMethods",
         )
-    return rows
 
 
 def _align(req: TemporalRequest, rows: Sequence[Observation]) -> datetime | None:
@@ -236,8 +240,7 @@ def retrieve_history(
     if spec is None and output.media_type == JSON and req.form == NORMALIZED and not req.last_n:
         # A plain history in the core context: the store renders the instances itself.
         docs = svc.store.history_documents(tenant, query)
-        if docs.instances > MAX_INSTANCES:
-            _bounded([], docs.instances)  # raises TooManyResults
+        _check_instances(docs.instances)
         if docs.entity_type is not None:
             head = orjson.dumps({"id": entity_id, "type": docs.entity_type})[:-1].decode()
             parts = [f"{orjson.dumps(name).decode()}:{array}" for name, array in docs.attributes]
