@@ -16,7 +16,7 @@ from rich.table import Table
 from civica.api.auth import ROLES, create_key, revoke_key
 from civica.core.store import Store
 from civica.domains import domain_catalogue
-from civica.domains.traffic.commands import traffic
+from civica.domains.traffic.commands import OPEN_STORE, traffic
 from civica.domains.water.commands import water
 from civica.storage import open_store
 
@@ -44,8 +44,10 @@ def _open(db: str | None) -> Store:
 
 @click.group()
 @click.version_option(package_name="civica")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Civica: one live, privacy-preserving picture of a city's infrastructure."""
+    ctx.meta[OPEN_STORE] = _open  # domain commands (civica traffic twin) open --db this way
 
 
 db_option = click.option(

@@ -1,15 +1,19 @@
-"""``civica traffic``: run SUMO scenarios under a signal controller and measure delay."""
+"""``civica traffic``: signal control runs, and the live traffic twin publishing into the store."""
 
 from __future__ import annotations
 
 import json
-import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from civica.core.store import Store
+from civica.domains.traffic.congestion import TRAFFIC_JAM, CongestionWatch
 from civica.domains.traffic.control import (
     BEST_CONTROLLER,
     ControlError,
@@ -18,6 +22,7 @@ from civica.domains.traffic.control import (
     run_control,
 )
 from civica.domains.traffic.engine import SumoError, SumoOptions
+from civica.domains.traffic.incidents import INCIDENT_SUSPECTED, IncidentConfig
 from civica.domains.traffic.scenarios import (
     RESCO_SCENARIOS,
     Scenario,
@@ -26,8 +31,21 @@ from civica.domains.traffic.scenarios import (
     from_sumocfg,
     resco_scenario,
 )
+from civica.domains.traffic.twin import (
+    TwinError,
+    TwinInterrupted,
+    TwinRun,
+    check_run,
+    run_live,
+    run_twin,
+)
 
 console = Console(stderr=True, soft_wrap=True)
+
+# The ``civica`` group puts its ``--db`` opener here (click's shared ``Context.meta``), so the
+# twin opens the store exactly as ``civica serve`` does without a domain importing the CLI.
+OPEN_STORE = "civica.open_store"
+EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
 
 
 class TrafficCommandError(click.ClickException):
@@ -63,9 +81,22 @@ def _hand_back(text: str, operator: str) -> ScheduledHandBack:
         raise ControlError(f"--hand-back wants TLS_ID@SECONDS, got {text!r}") from err
 
 
+def _progress() -> Progress:
+    """A bar of simulated seconds on stderr, in a terminal only (a log has nothing to redraw)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:>6.0f}/{task.total:.0f} s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,  # else it leaves a blank line before an error
+    )
+
+
 @click.group()
 def traffic() -> None:
-    """Road traffic: SUMO scenarios and adaptive signal control."""
+    """Road traffic: SUMO scenarios, adaptive signal control and the live twin."""
 
 
 @traffic.command()
@@ -108,15 +139,7 @@ def control(
         options = SumoOptions(seconds=seconds, seed=seed, demand_scale=demand_scale)
     except (ScenarioError, ControlError, ValueError) as err:
         raise _fail(err) from err
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:>6.0f}/{task.total:.0f} s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=not sys.stderr.isatty(),
-    ) as bar:
+    with _progress() as bar:
         task = bar.add_task(f"{scenario.name} · {controller}", total=seconds)
         try:
             result = run_control(
@@ -129,3 +152,134 @@ def control(
         except (SumoError, ControlError, ScenarioError, ValueError) as err:
             raise _fail(err) from err
     click.echo(json.dumps(result.as_dict(), indent=2))
+
+
+def _open_store(db: str | None) -> Store:
+    """The store ``--db`` names, opened by the ``civica`` command line's own opener."""
+    opener: Callable[[str | None], Store] | None = click.get_current_context().meta.get(OPEN_STORE)
+    if opener is None:
+        raise TrafficCommandError("the twin needs a store: run it as `civica traffic twin`")
+    try:
+        return opener(db)
+    except click.ClickException as err:
+        raise TrafficCommandError(err.message) from err
+
+
+def _alert_counts(watch: CongestionWatch) -> dict[str, int]:
+    """Alerts raised per kind; an alert upserted again when it resolves counts once."""
+    ids: dict[str, set[str]] = {TRAFFIC_JAM: set(), INCIDENT_SUSPECTED: set()}
+    for doc in watch.alerts:
+        ids.setdefault(doc["subCategory"]["value"], set()).add(doc["id"])
+    return {kind: len(found) for kind, found in ids.items()}
+
+
+@traffic.command()
+@click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}.")
+@click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--net", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@click.option("--seconds", type=float, default=3600.0, show_default=True, help="Simulated.")
+@click.option(
+    "--interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Simulated seconds per published reading.",
+)
+@click.option(
+    "--speed",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per wall-clock second (1 = real time, 0 = as fast as possible).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--demand-scale", type=float, default=1.0, show_default=True)
+@click.option(
+    "--detector",
+    "detectors",
+    multiple=True,
+    help="Publish only this detector (repeatable; default: all of them).",
+)
+@click.option("--tenant", default="", help="NGSILD-Tenant to publish into.")
+@click.option(
+    "--db",
+    default=None,
+    help="Database file or URL (default: $CIVICA_DATABASE_URL or ./civica.duckdb).",
+)
+@click.option("--no-watch", is_flag=True, help="Readings only: no congestion or incident alerts.")
+def twin(
+    name: str | None,
+    sumocfg: Path | None,
+    net: Path | None,
+    routes: tuple[Path, ...],
+    seconds: float,
+    interval: float,
+    speed: float,
+    seed: int,
+    demand_scale: float,
+    detectors: tuple[str, ...],
+    tenant: str,
+    db: str | None,
+    no_watch: bool,
+) -> None:
+    """Run a scenario on the platform clock; publish its detectors as TrafficFlowObserved.
+
+    Readings (and, unless --no-watch, congestion and incident Alerts) go through ingest into
+    the store; a JSON summary is printed at the end, also after Ctrl-C (exit code 130).
+    """
+    from civica.core.bus import EventBus
+    from civica.domains import domain_catalogue
+    from civica.ingest.pipeline import Ingest
+    from civica.privacy.gate import PrivacyGate
+
+    try:
+        scenario = _scenario(name, sumocfg, net, routes)
+        check_run(seconds, interval, speed)
+    except (ScenarioError, TwinError) as err:
+        raise _fail(err) from err
+    store = _open_store(db)
+    started = time.monotonic()
+    run: TwinRun
+    watch: CongestionWatch | None = None  # with --no-watch there is none
+    interrupted = False
+    try:
+        ingest = Ingest(store, PrivacyGate(domain_catalogue()), EventBus())
+        with _progress() as bar:
+            pace = "as fast as possible" if not speed else f"{speed:g}x"
+            task = bar.add_task(f"{scenario.name} · {pace}", total=seconds)
+            options: dict[str, Any] = {
+                "seconds": seconds,
+                "interval_s": interval,
+                "tenant": tenant,
+                "detectors": list(detectors) or None,
+                "seed": seed,
+                "demand_scale": demand_scale,
+                "speed": speed,
+                "on_step": lambda elapsed: bar.update(task, completed=elapsed),
+            }
+            if no_watch:
+                run = run_twin(scenario, ingest, **options)
+            else:
+                run, watch = run_live(scenario, ingest, incident_config=IncidentConfig(), **options)
+    except TwinInterrupted as stop:
+        run, watch, interrupted = stop.run, stop.watch, True
+    except (SumoError, TwinError, ScenarioError, ValueError) as err:
+        raise _fail(err) from err
+    finally:
+        store.close()
+    summary = {
+        "scenario": scenario.name,
+        "detectors": len(run.sites),
+        "simulated_s": run.simulated_s,
+        "interval_s": interval,
+        "speed": speed,
+        "intervals": run.intervals,
+        "readings": run.readings,
+        "alerts": None if watch is None else _alert_counts(watch),
+        "wall_s": round(time.monotonic() - started, 3),
+        "interrupted": interrupted,
+    }
+    click.echo(json.dumps(summary, indent=2))
+    if interrupted:
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)

@@ -9,11 +9,21 @@ through ``Ingest.upsert`` like a detector gateway's, so live watches see them on
 
 Detectors are the network's own induction loops when it has some, else one virtual detector
 per lane read through TraCI's lane API. All TraCI calls live in ``engine.py``.
+
+Pacing: by default SUMO runs as fast as it can. With ``speed`` (simulated seconds per
+wall-clock second: 1.0 is real time, 60 an hour a minute) the loop sleeps after each step
+until the wall clock catches up, so simulated time never runs ahead of
+``begin + elapsed_wall * speed`` and, at real time, ``observedAt`` stays near the platform's
+now. The clock and the sleep are parameters so tests can pace without waiting.
+
+Ctrl-C (``KeyboardInterrupt``) during a run ends SUMO and surfaces as :class:`TwinInterrupted`,
+itself a ``KeyboardInterrupt``, which carries what was published until then.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +54,29 @@ VEHICLE_SPACE_M = 7.5  # SUMO's default passenger car: 5 m long + 2.5 m minimum 
 
 class TwinError(ValueError):
     """A twin run that cannot be done as asked (unknown detector, bad interval, ...)."""
+
+
+def check_run(seconds: float, interval_s: float, speed: float | None = None) -> None:
+    """Raise TwinError when a run of this length, interval and speed cannot be done."""
+    if interval_s <= 0 or interval_s != int(interval_s):
+        raise TwinError("interval must be a positive whole number of seconds")
+    if interval_s > seconds:
+        raise TwinError("interval is longer than the run")
+    if speed is not None and not speed >= 0:  # also refuses NaN
+        raise TwinError("speed must be 0 (as fast as possible) or positive")
+
+
+def pace_delay(simulated_s: float, wall_s: float, speed: float | None) -> float:
+    """Wall seconds to wait so ``simulated_s`` does not run ahead of ``wall_s * speed``.
+
+    >>> pace_delay(60.0, 4.0, 10.0)
+    2.0
+    >>> pace_delay(60.0, 4.0, None)  # as fast as possible
+    0.0
+    """
+    if not speed:
+        return 0.0
+    return max(simulated_s / speed - wall_s, 0.0)
 
 
 @dataclass
@@ -125,6 +158,16 @@ class TwinRun:
     incidents: list[dict[str, Any]] = field(default_factory=list)
     successors: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sumo_pid: int | None = None
+    simulated_s: float = 0.0  # seconds after the scenario begin SUMO has reached
+
+
+class TwinInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run (SUMO is closed); ``run`` is what was published before it."""
+
+    def __init__(self, run: TwinRun) -> None:
+        super().__init__(f"twin run of {run.scenario} interrupted")
+        self.run = run
+        self.watch: CongestionWatch | None = None  # set by run_live
 
 
 @dataclass(frozen=True)
@@ -152,27 +195,34 @@ def run_twin(
     incidents: Sequence[ScriptedIncident] = (),
     on_interval: Publish | None = None,
     on_sites: Callable[[tuple[DetectorSite, ...], dict[str, tuple[str, ...]]], None] | None = None,
+    on_step: Callable[[float], None] | None = None,
+    speed: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> TwinRun:
     """Run ``scenario`` (a Scenario or a RESCO name) and publish its detectors through ingest.
 
     ``detectors`` picks some of them (all by default; an unknown one is an error); a last
     interval shorter than ``interval_s`` is not published. ``on_interval(at, docs)`` is called
     after each published interval (live watches hook in there); ``on_sites(sites, successors)``
-    once the detectors and the segments they lead to are known. SUMO is always closed, also
-    after an error.
+    once the detectors and the segments they lead to are known; ``on_step(elapsed_s)`` after
+    every simulated second. ``speed`` paces the run on ``clock`` (see the module docstring);
+    None or 0 runs as fast as possible. SUMO is always closed, also after an error; after
+    Ctrl-C, :class:`TwinInterrupted` tells what was published.
     """
     if isinstance(scenario, str):
         scenario = resco_scenario(scenario)
-    if interval_s <= 0 or interval_s != int(interval_s):
-        raise TwinError("interval must be a positive whole number of seconds")
-    if interval_s > seconds:
-        raise TwinError("interval is longer than the run")
+    check_run(seconds, interval_s, speed)
     begin_at = (start or datetime.now(UTC)).astimezone(UTC)
     name = scenario.name
-    with tempfile.TemporaryDirectory(prefix="civica-twin-") as tmp:
-        options = SumoOptions(seconds=seconds, seed=seed, demand_scale=demand_scale)
-        with SumoEngine(scenario, options, Path(tmp) / "tripinfo.xml") as engine:
-            run = TwinRun(name, (), sumo_pid=engine.pid)
+    run = TwinRun(name, ())
+    options = SumoOptions(seconds=seconds, seed=seed, demand_scale=demand_scale)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="civica-twin-") as tmp,
+            SumoEngine(scenario, options, Path(tmp) / "tripinfo.xml") as engine,
+        ):
+            run.sumo_pid = engine.pid
             sites = detector_sites(engine)
             if detectors is not None:
                 known = {s.detector_id: s for s in sites}
@@ -195,9 +245,14 @@ def run_twin(
             accumulators = {s.detector_id: Accumulator() for s in sites}
             pending = sorted(incidents, key=lambda i: i.at_s)
             since = engine.time
+            wall_start = clock()
             while engine.time < engine.end:
                 engine.step()
                 elapsed = engine.time - scenario.begin
+                delay = pace_delay(elapsed, clock() - wall_start, speed)
+                if delay > 0:
+                    sleep(delay)
+                run.simulated_s = elapsed
                 while pending and elapsed >= pending[0].at_s:
                     incident = pending.pop(0)
                     vehicle = stop_vehicle_on(engine, incident.lane)
@@ -228,6 +283,10 @@ def run_twin(
                     since = engine.time
                     if on_interval is not None:
                         on_interval(at, docs)
+                if on_step is not None:
+                    on_step(elapsed)
+    except KeyboardInterrupt as err:
+        raise TwinInterrupted(run) from err
     return run
 
 
@@ -258,7 +317,9 @@ def run_live(
 ) -> tuple[TwinRun, CongestionWatch]:
     """The twin with the congestion (and, given a config, incident) watch on.
 
-    Alerts are raised as intervals arrive.
+    Alerts are raised as intervals arrive. ``twin_options`` go to :func:`run_twin` (``speed``,
+    ``detectors``, ``on_step``, ...); after Ctrl-C the :class:`TwinInterrupted` carries the
+    watch too.
     """
     if isinstance(scenario, str):
         scenario = resco_scenario(scenario)
@@ -283,6 +344,9 @@ def run_live(
             **twin_options,
         )
         watch.process()
+    except TwinInterrupted as stop:
+        stop.watch = watch  # its alerts so far are published: each interval was processed
+        raise
     finally:
         watch.close()
     return run, watch
