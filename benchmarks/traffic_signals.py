@@ -30,9 +30,12 @@ from civica.domains.traffic.scenarios import resco_scenario
 SCENARIOS = ("grid4x4", "arterial4x4", "cologne1", "cologne3", "ingolstadt1")
 
 
-def _run(scenario: str, controller: str, seed: int, seconds: float) -> dict[str, Any]:
+def _run(
+    scenario: str, controller: str, seed: int, seconds: float, demand_scale: float
+) -> dict[str, Any]:
     started = time.perf_counter()
-    result = run_control(resco_scenario(scenario), controller, SumoOptions(seconds, seed=seed))
+    options = SumoOptions(seconds, seed=seed, demand_scale=demand_scale)
+    result = run_control(resco_scenario(scenario), controller, options)
     figures = result.as_dict()
     figures.pop("hand_backs")
     figures["wall_s"] = round(time.perf_counter() - started, 1)
@@ -47,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--controllers", nargs="+", default=list(controller_names()))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--seconds", type=float, default=3600.0)
+    parser.add_argument("--demand-scale", type=float, default=1.0, help="SUMO --scale")
     parser.add_argument("--jobs", type=int, default=4)
     args = parser.parse_args(argv)
     if args.quick:
@@ -60,13 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         for controller in args.controllers
     ]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(_run, *run, args.seconds): run for run in runs}
+        futures = {pool.submit(_run, *run, args.seconds, args.demand_scale): run for run in runs}
         for done, future in enumerate(as_completed(futures), 1):
             figures = future.result()
             print(json.dumps(figures), flush=True)
             delays[(figures["scenario"], figures["controller"])].append(figures)
             print(f"[{done}/{len(runs)}] {futures[future]}", file=sys.stderr, flush=True)
 
+    summaries: dict[tuple[str, str], dict[str, Any]] = {}
     for scenario in args.scenarios:
         fixed = delays.get((scenario, "fixed"))
         for controller in args.controllers:
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 "controller": controller,
                 "seeds": len(found),
                 "seconds": args.seconds,
+                "demand_scale": args.demand_scale,
                 "average_delay_s": round(mean, 2),
                 "delay_stdev_s": round(statistics.pstdev(f["average_delay_s"] for f in found), 2),
                 "average_trip_time_s": round(
@@ -90,11 +96,48 @@ def main(argv: list[str] | None = None) -> None:
                     / max(sum(f["vehicles"] for f in found), 1),
                     2,
                 ),
+                "stuck_pct": round(
+                    100
+                    * sum(f["stuck"] for f in found)
+                    / max(sum(f["vehicles"] for f in found), 1),
+                    2,
+                ),
             }
             if fixed:
                 base = statistics.fmean(f["average_delay_s"] for f in fixed)
                 summary["vs_fixed_pct"] = round(100 * (mean - base) / base, 1) if base else None
+            summaries[(scenario, controller)] = summary
             print(json.dumps(summary), flush=True)
+    for line in overall(summaries, args.scenarios, args.controllers):
+        print(json.dumps(line), flush=True)
+
+
+def overall(
+    summaries: dict[tuple[str, str], dict[str, Any]],
+    scenarios: list[str],
+    controllers: list[str],
+) -> list[dict[str, Any]]:
+    """Per controller over all scenarios: the issue's targets in one line each.
+
+    ``vs_fixed_pct`` is the mean over scenarios of each scenario's change against fixed time;
+    ``at_or_below_max_pressure`` whether its delay is <= max-pressure's on every scenario.
+    """
+    lines = []
+    for controller in controllers:
+        rows = [summaries[(s, controller)] for s in scenarios]
+        line: dict[str, Any] = {"overall": True, "controller": controller}
+        changes = [r["vs_fixed_pct"] for r in rows if r.get("vs_fixed_pct") is not None]
+        if len(changes) == len(rows):
+            line["vs_fixed_pct"] = round(statistics.fmean(changes), 1)
+        if "max-pressure" in controllers:
+            line["at_or_below_max_pressure"] = all(
+                r["average_delay_s"] <= summaries[(s, "max-pressure")]["average_delay_s"]
+                for s, r in zip(scenarios, rows, strict=True)
+            )
+        line["worst_not_finished_pct"] = max(r["not_finished_pct"] for r in rows)
+        line["worst_stuck_pct"] = max(r["stuck_pct"] for r in rows)
+        lines.append(line)
+    return lines
 
 
 if __name__ == "__main__":

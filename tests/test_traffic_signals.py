@@ -80,19 +80,26 @@ def test_trip_metrics_count_unfinished_and_never_inserted(tmp_path: Path) -> Non
             timeLoss="8.00"/>
   <tripinfo id="b" depart="20.00" departDelay="0.00" arrival="60.00" duration="40.00"
             timeLoss="4.00"/>
-  <tripinfo id="c" depart="90.00" departDelay="1.00" arrival="-1.00" duration="10.00"
+  <tripinfo id="c" depart="900.00" departDelay="1.00" arrival="-1.00" duration="10.00"
             timeLoss="5.00"/>
   <tripinfo id="d" depart="-1" departDelay="30.00" arrival="-1.00" duration="0.00"
             timeLoss="0.00"/>
   <tripinfo id="e" depart="-1" departDelay="0.00" arrival="-1.00" duration="0.00"
             timeLoss="0.00"/>
+  <tripinfo id="f" depart="400.00" departDelay="300.00" arrival="-1.00" duration="600.00"
+            timeLoss="500.00"/>
+  <tripinfo id="g" depart="-1" departDelay="400.00" arrival="-1.00" duration="0.00"
+            timeLoss="0.00"/>
 </tripinfos>
 """
     )
-    metrics = trip_metrics(tripinfo)
-    assert metrics.vehicles == 4  # e was only loaded ahead of its departure
-    assert metrics.average_delay_s == pytest.approx((10 + 4 + 6 + 30) / 4)
+    metrics = trip_metrics(tripinfo, end=1000.0)
+    assert metrics.vehicles == 6  # e was only loaded ahead of its departure
+    assert metrics.average_delay_s == pytest.approx((10 + 4 + 6 + 30 + 800 + 400) / 6)
     assert metrics.average_trip_time_s == pytest.approx(50.0)
     assert metrics.throughput == 2
-    assert metrics.not_finished == 2
-    assert metrics.never_inserted == 1
+    assert metrics.not_finished == 4
+    assert metrics.never_inserted == 2
+    # c was due at 899 s, d at 970 s: on their way; f was due at 100 s, g at 600 s: stuck
+    assert metrics.stuck == 2
+    assert trip_metrics(tripinfo).stuck == 0  # without the end time nothing is judged stuck

@@ -226,7 +226,7 @@ def run_control(
                 if on_step is not None:
                     on_step(engine.time - scenario.begin)
             teleports = engine.teleports
-        metrics = trip_metrics(tripinfo)
+        metrics = trip_metrics(tripinfo, end=engine.end)
     changes = sorted((c for s in signals.values() for c in s.changes), key=lambda c: c.time)
     return ControlResult(
         scenario=scenario.name,

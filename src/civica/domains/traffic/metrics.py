@@ -5,6 +5,11 @@ speed plus time spent waiting to enter the network. Vehicles still driving at th
 vehicles never inserted are written by SUMO with ``--tripinfo-output.write-unfinished`` and
 ``--tripinfo-output.write-undeparted`` and are counted, so a controller cannot look good by
 keeping vehicles out of the network.
+
+Unfinished is not the same as gridlocked: a vehicle that entered a minute before the end is
+simply still on its way. ``stuck`` counts the unfinished vehicles that were due to depart at
+least :data:`STUCK_AFTER_S` before the end, longer than any trip in the RESCO scenarios takes
+at free flow, so it measures vehicles held up by the network rather than by the clock.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+STUCK_AFTER_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -24,17 +31,21 @@ class TripMetrics:
     throughput: int  # vehicles that arrived
     not_finished: int  # still driving or never inserted at the end
     never_inserted: int
+    stuck: int = 0  # unfinished although due to depart STUCK_AFTER_S or more before the end
 
     def as_dict(self) -> dict[str, float | int]:
         """JSON-ready figures."""
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def trip_metrics(tripinfo: Path) -> TripMetrics:
-    """Metrics from a tripinfo file written with unfinished and undeparted vehicles."""
+def trip_metrics(tripinfo: Path, end: float | None = None) -> TripMetrics:
+    """Metrics from a tripinfo file written with unfinished and undeparted vehicles.
+
+    ``end`` is the simulated time the run stopped at; without it nothing counts as stuck.
+    """
     delays: list[float] = []
     durations: list[float] = []
-    not_finished = never_inserted = 0
+    not_finished = never_inserted = stuck = 0
     for _, element in ET.iterparse(tripinfo):
         if element.tag != "tripinfo":
             continue
@@ -52,6 +63,10 @@ def trip_metrics(tripinfo: Path) -> TripMetrics:
             durations.append(float(element.get("duration", "0")))
         else:
             not_finished += 1
+            # when it was due: its departure (or the end, if still waiting) less its wait
+            due = (depart if depart >= 0 else (end or 0.0)) - desired
+            if end is not None and end - due >= STUCK_AFTER_S:
+                stuck += 1
         element.clear()
     return TripMetrics(
         vehicles=len(delays),
@@ -60,4 +75,5 @@ def trip_metrics(tripinfo: Path) -> TripMetrics:
         throughput=len(durations),
         not_finished=not_finished,
         never_inserted=never_inserted,
+        stuck=stuck,
     )
