@@ -14,13 +14,18 @@ from typing import Any
 
 from civica.domains.traffic.controllers import CONTROLLERS, Controller
 from civica.domains.traffic.engine import SumoEngine, SumoOptions
-from civica.domains.traffic.junctions import Junction, junction_of
+from civica.domains.traffic.junctions import Junction, approach_reading, junction_of
 from civica.domains.traffic.metrics import TripMetrics, trip_metrics
 from civica.domains.traffic.scenarios import Scenario
 from civica.domains.traffic.signals import PhaseChange, SafeSignal, SafetyRules
 
 FIXED = "fixed"
 BEST_CONTROLLER = "queue-pressure"
+# A signal's approach: its incoming lane plus the lanes feeding it through unsignalised
+# junctions up to this far back. SUMO stops vehicles short of a signal whose incoming lane is
+# too short to hold them, so a queue can stand entirely on the lane before it; a detector
+# zone of this length sees it, as a stop-bar plus advance loop would on the street.
+APPROACH_M = 75.0
 
 
 class ControlError(ValueError):
@@ -128,7 +133,15 @@ class SignalControl:
             signal = SafeSignal(tls_id, junction.greens, rules, now, green=start)
             self.signals[tls_id] = signal
             engine.set_state(tls_id, signal.state)
-        engine.watch_lanes(set().union(*(j.lanes for j in self.junctions.values())))
+        in_lanes = {lane for j in self.junctions.values() for group in j.in_lanes for lane in group}
+        at_signals = {link[0] for layout in layouts for link in layout.links if link}
+        self.approaches = {
+            lane: upstream
+            for lane, upstream in engine.upstream_lanes(in_lanes, APPROACH_M, at_signals).items()
+            if upstream
+        }
+        watched = set().union(*(j.lanes for j in self.junctions.values()))
+        engine.watch_lanes(watched.union(*self.approaches.values()))
 
     def hand_back(self, tls_id: str, operator: str, reason: str = "") -> HandBack:
         """The stop button: return this intersection to its fixed programme as soon as safe."""
@@ -161,6 +174,10 @@ class SignalControl:
         if self.signals:
             now = self.engine.time
             lanes = self.engine.lane_readings()
+            for lane, upstream in self.approaches.items():
+                reading = approach_reading(lanes, lane, upstream)
+                if reading is not None:
+                    lanes[lane] = reading
             for tls_id, signal in list(self.signals.items()):
                 changed = signal.tick(now)
                 if tls_id in self._pending and signal.may_switch(now):

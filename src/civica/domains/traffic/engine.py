@@ -246,6 +246,45 @@ class SumoEngine:
         for lane in self._lanes:
             self._call("lane subscription", self._conn.lane.subscribe, lane, _LANE_VARIABLES)
 
+    def upstream_lanes(
+        self, lanes: set[str], reach_m: float, stop_at: set[str]
+    ) -> dict[str, tuple[str, ...]]:
+        """Per lane, the lanes feeding it within ``reach_m`` of its end (its approach).
+
+        The walk goes back through unsignalised junctions only: it stops at ``stop_at`` (the
+        lanes that end at a signal), whose vehicles wait for that signal, not this one.
+        """
+        preds: dict[str, list[str]] = {}
+        for lane in self._call("lane ids", self._conn.lane.getIDList):
+            if lane.startswith(":"):  # internal lanes inside junctions
+                continue
+            for link in self._call("lane links", self._conn.lane.getLinks, lane):
+                preds.setdefault(str(link[0]), []).append(str(lane))
+        lengths: dict[str, float] = {}
+
+        def length(lane: str) -> float:
+            if lane not in lengths:
+                lengths[lane] = float(self._call("lane length", self._conn.lane.getLength, lane))
+            return lengths[lane]
+
+        result: dict[str, tuple[str, ...]] = {}
+        for lane in sorted(lanes):
+            found: list[str] = []
+            seen = {lane}
+            frontier = [(lane, length(lane))]  # a lane and how far its start is from the end
+            while frontier:
+                current, start_m = frontier.pop()
+                if start_m >= reach_m:
+                    continue
+                for pred in preds.get(current, ()):
+                    if pred in seen or pred in stop_at:
+                        continue
+                    seen.add(pred)
+                    found.append(pred)
+                    frontier.append((pred, start_m + length(pred)))
+            result[lane] = tuple(found)
+        return result
+
     def lane_readings(self) -> dict[str, LaneReading]:
         """The watched lanes at the end of the last step."""
         results = self._call("lane readings", self._conn.lane.getAllSubscriptionResults)

@@ -6,6 +6,7 @@ on it directly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from civica.domains.traffic.signals import is_green
@@ -38,6 +39,23 @@ class LaneReading:
     vehicles: int
     waiting_s: float  # summed waiting time of the vehicles on the lane
     vehicle_ids: tuple[str, ...] = ()
+
+
+def approach_reading(
+    readings: Mapping[str, LaneReading], lane: str, upstream: Sequence[str]
+) -> LaneReading | None:
+    """A lane together with the short lanes feeding it, read as one approach."""
+    parts = [r for name in (lane, *upstream) if (r := readings.get(name)) is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return LaneReading(
+        halting=sum(r.halting for r in parts),
+        vehicles=sum(r.vehicles for r in parts),
+        waiting_s=sum(r.waiting_s for r in parts),
+        vehicle_ids=tuple(v for r in parts for v in r.vehicle_ids),
+    )
 
 
 @dataclass(frozen=True)
