@@ -28,6 +28,7 @@ from civica.domains.traffic.engine import (
     SumoOptions,
     sumo_binary,
 )
+from civica.domains.traffic.junctions import LaneReading, approach_reading
 from civica.domains.traffic.metrics import trip_metrics
 from civica.domains.traffic.scenarios import (
     Scenario,
@@ -42,17 +43,25 @@ ARMS = {"N": (0, 200), "S": (0, -200), "E": (200, 0), "W": (-200, 0)}
 FLOWS = {("W", "E"): 500, ("E", "W"): 400, ("N", "S"): 300, ("S", "N"): 250, ("W", "N"): 100}
 
 
-def _crossroads(folder: Path, junction_type: str) -> Scenario:
+def _crossroads(folder: Path, junction_type: str, lead_in_m: float | None = None) -> Scenario:
+    """Four 200 m arms; with ``lead_in_m`` the west arm's last stretch before the signal is a
+    separate edge ``WC`` of that length behind an unsignalised node ``M`` (edge ``WM`` first)."""
     folder.mkdir(parents=True, exist_ok=True)
     nodes = "".join(f'<node id="{k}" x="{x}" y="{y}"/>' for k, (x, y) in ARMS.items())
+    if lead_in_m is not None:
+        nodes += f'<node id="M" x="{-lead_in_m}" y="0" type="priority"/>'
     (folder / "x.nod.xml").write_text(
         f'<nodes><node id="C" x="0" y="0" type="{junction_type}"/>{nodes}</nodes>'
     )
     edges = "".join(
-        f'<edge id="{k}C" from="{k}" to="C" numLanes="2" speed="13.9"/>'
+        f'<edge id="{k}C" from="{"M" if k == "W" and lead_in_m else k}" to="C" numLanes="2"'
+        ' speed="13.9"/>'
         f'<edge id="C{k}" from="C" to="{k}" numLanes="2" speed="13.9"/>'
         for k in ARMS
     )
+    if lead_in_m is not None:
+        edges += '<edge id="WM" from="W" to="M" numLanes="2" speed="13.9"/>'
+    start = {k: "WM" if k == "W" and lead_in_m else f"{k}C" for k in ARMS}
     (folder / "x.edg.xml").write_text(f"<edges>{edges}</edges>")
     net = folder / "x.net.xml"
     subprocess.run(
@@ -70,7 +79,7 @@ def _crossroads(folder: Path, junction_type: str) -> Scenario:
         capture_output=True,
     )
     flows = "".join(
-        f'<flow id="{a}{b}" begin="0" end="3600" vehsPerHour="{n}" from="{a}C" to="C{b}"/>'
+        f'<flow id="{a}{b}" begin="0" end="3600" vehsPerHour="{n}" from="{start[a]}" to="C{b}"/>'
         for (a, b), n in FLOWS.items()
     )
     routes = folder / "x.rou.xml"
@@ -169,6 +178,35 @@ def test_adaptive_control_beats_fixed_on_the_crossroads(crossroads: Scenario) ->
     ours = run_control(crossroads, "queue-pressure", options).metrics
     assert ours.average_delay_s < fixed.average_delay_s
     assert ours.not_finished <= fixed.not_finished + 5
+
+
+def test_controllers_see_queues_standing_before_a_short_incoming_lane(tmp_path: Path) -> None:
+    scenario = _crossroads(tmp_path / "lead", "traffic_light", lead_in_m=20.0)
+    with SumoEngine(scenario, SumoOptions(seconds=240), tmp_path / "trips.xml") as engine:
+        control = SignalControl(engine, QueuePressure(), SafetyRules())
+        # the 20 m lane before the signal gets the lane feeding it; the 200 m arms need nothing
+        assert control.approaches == {"WC_0": ("WM_0",), "WC_1": ("WM_1",)}
+        approach = []
+        while engine.time < 240:
+            control.step()
+            lanes = engine.lane_readings()
+            approach.append(lanes["WC_0"].vehicles + lanes["WM_0"].vehicles)
+        assert max(approach) > 0
+    ours = run_control(scenario, "queue-pressure", SumoOptions(seconds=600, seed=1)).metrics
+    fixed = run_control(scenario, "fixed", SumoOptions(seconds=600, seed=1)).metrics
+    assert ours.average_delay_s < fixed.average_delay_s
+    assert ours.stuck == 0
+
+
+def test_approach_reading_adds_up_the_lanes_of_an_approach() -> None:
+    readings = {
+        "a": LaneReading(halting=2, vehicles=3, waiting_s=10.0, vehicle_ids=("x", "y", "z")),
+        "b": LaneReading(halting=1, vehicles=1, waiting_s=4.0, vehicle_ids=("w",)),
+    }
+    both = approach_reading(readings, "a", ("b", "missing"))
+    assert both == LaneReading(3, 4, 14.0, ("x", "y", "z", "w"))
+    assert approach_reading(readings, "a", ()) is readings["a"]
+    assert approach_reading(readings, "missing", ()) is None
 
 
 def test_demand_scale_changes_the_number_of_vehicles(crossroads: Scenario) -> None:
