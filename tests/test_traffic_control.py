@@ -140,8 +140,8 @@ def test_sumo_shows_what_the_safety_layer_decided_and_rules_hold(
     for c in greens:
         served[c.green_index].append(c.time)
     for times in served.values():
-        for a, b in itertools.pairwise(times):
-            assert b - a <= rules.max_red_s + 60 + rules.yellow_s + rules.all_red_s
+        for earlier, later in itertools.pairwise(times):
+            assert later - earlier <= rules.max_red_s + 60 + rules.yellow_s + rules.all_red_s
 
 
 def test_fixed_controller_reproduces_sumos_own_run(crossroads: Scenario, tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ def test_sumo_is_closed_after_an_exception(crossroads: Scenario, tmp_path: Path)
         assert pid is not None and _alive(pid)
         engine.step()
         raise RuntimeError("boom")
-    assert not _alive(pid)
+    assert pid is not None and not _alive(pid)
 
 
 def test_traci_disconnect_is_a_clear_error(crossroads: Scenario, tmp_path: Path) -> None:
