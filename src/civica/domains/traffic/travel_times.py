@@ -158,6 +158,7 @@ class TravelTimeMatcher:
         self._buckets: dict[tuple[str, datetime], _Bucket] = {}
         self.suppressed = 0  # intervals dropped for having fewer than k vehicles
         self.late = 0  # travel times that arrived after their interval was closed
+        self.published = 0  # aggregates handed to ingest by publish (one id, many intervals)
         self._closed_until: datetime | None = None
         self._lock = threading.RLock()  # detectors may feed from several threads
 
@@ -282,7 +283,9 @@ class TravelTimeMatcher:
         docs = [agg.entity() for agg in self.close(now)]
         if not docs:
             return BatchOutcome()
-        return ingest.upsert(tenant, docs)
+        outcome = ingest.upsert(tenant, docs)
+        self.published += len(docs) - len(outcome.errors)
+        return outcome
 
 
 __all__ = [
