@@ -22,10 +22,11 @@ from civica.domains.traffic.signals import PhaseChange, SafeSignal, SafetyRules
 FIXED = "fixed"
 BEST_CONTROLLER = "queue-pressure"
 # A signal's approach: its incoming lane plus the lanes feeding it through unsignalised
-# junctions up to this far back. SUMO stops vehicles short of a signal whose incoming lane is
-# too short to hold them, so a queue can stand entirely on the lane before it; a detector
-# zone of this length sees it, as a stop-bar plus advance loop would on the street.
-APPROACH_M = 75.0
+# junctions that lie within this distance of the stop line. SUMO stops vehicles short of a
+# signal whose incoming lane is too short to hold them, so a queue can stand entirely on the
+# lane before it; a detection zone of this length (a stop-bar plus an advance loop on the
+# street) sees it.
+APPROACH_M = 100.0
 
 
 class ControlError(ValueError):

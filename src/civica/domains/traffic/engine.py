@@ -249,10 +249,12 @@ class SumoEngine:
     def upstream_lanes(
         self, lanes: set[str], reach_m: float, stop_at: set[str]
     ) -> dict[str, tuple[str, ...]]:
-        """Per lane, the lanes feeding it within ``reach_m`` of its end (its approach).
+        """Per lane, the lanes feeding it that lie wholly within ``reach_m`` of its end.
 
-        The walk goes back through unsignalised junctions only: it stops at ``stop_at`` (the
-        lanes that end at a signal), whose vehicles wait for that signal, not this one.
+        A lane is read as a whole, so one reaching further back than ``reach_m`` is left out
+        rather than counting vehicles far from the signal. The walk goes back through
+        unsignalised junctions only: it stops at ``stop_at`` (the lanes that end at a
+        signal), whose vehicles wait for that signal, not this one.
         """
         preds: dict[str, list[str]] = {}
         for lane in self._call("lane ids", self._conn.lane.getIDList):
@@ -274,10 +276,8 @@ class SumoEngine:
             frontier = [(lane, length(lane))]  # a lane and how far its start is from the end
             while frontier:
                 current, start_m = frontier.pop()
-                if start_m >= reach_m:
-                    continue
                 for pred in preds.get(current, ()):
-                    if pred in seen or pred in stop_at:
+                    if pred in seen or pred in stop_at or start_m + length(pred) > reach_m:
                         continue
                     seen.add(pred)
                     found.append(pred)
