@@ -44,10 +44,13 @@ FLOWS = {("W", "E"): 500, ("E", "W"): 400, ("N", "S"): 300, ("S", "N"): 250, ("W
 
 
 def _crossroads(folder: Path, junction_type: str, lead_in_m: float | None = None) -> Scenario:
-    """Four 200 m arms; with ``lead_in_m`` the west arm's last stretch before the signal is a
-    separate edge ``WC`` of that length behind an unsignalised node ``M`` (edge ``WM`` first)."""
+    """Four 200 m arms; with ``lead_in_m`` the west arm is a 60 m edge ``WM``, an unsignalised
+    node ``M`` and then ``WC``, ``lead_in_m`` long, up to the signal."""
     folder.mkdir(parents=True, exist_ok=True)
-    nodes = "".join(f'<node id="{k}" x="{x}" y="{y}"/>' for k, (x, y) in ARMS.items())
+    arms = dict(ARMS)
+    if lead_in_m is not None:
+        arms["W"] = (-(lead_in_m + 60), 0)
+    nodes = "".join(f'<node id="{k}" x="{x}" y="{y}"/>' for k, (x, y) in arms.items())
     if lead_in_m is not None:
         nodes += f'<node id="M" x="{-lead_in_m}" y="0" type="priority"/>'
     (folder / "x.nod.xml").write_text(
@@ -184,7 +187,8 @@ def test_controllers_see_queues_standing_before_a_short_incoming_lane(tmp_path: 
     scenario = _crossroads(tmp_path / "lead", "traffic_light", lead_in_m=20.0)
     with SumoEngine(scenario, SumoOptions(seconds=240), tmp_path / "trips.xml") as engine:
         control = SignalControl(engine, QueuePressure(), SafetyRules())
-        # the 20 m lane before the signal gets the lane feeding it; the 200 m arms need nothing
+        # the 20 m lane before the signal gets the 60 m lane feeding it (80 m from the stop
+        # line, inside the approach); the 200 m arms need nothing
         assert control.approaches == {"WC_0": ("WM_0",), "WC_1": ("WM_1",)}
         approach = []
         while engine.time < 240:
@@ -196,6 +200,12 @@ def test_controllers_see_queues_standing_before_a_short_incoming_lane(tmp_path: 
     fixed = run_control(scenario, "fixed", SumoOptions(seconds=600, seed=1)).metrics
     assert ours.average_delay_s < fixed.average_delay_s
     assert ours.stuck == 0
+
+
+def test_a_feeding_lane_reaching_beyond_the_approach_is_left_out(tmp_path: Path) -> None:
+    scenario = _crossroads(tmp_path / "far", "traffic_light", lead_in_m=50.0)  # 60 m from 50 m
+    with SumoEngine(scenario, SumoOptions(seconds=10), tmp_path / "trips.xml") as engine:
+        assert SignalControl(engine, QueuePressure(), SafetyRules()).approaches == {}
 
 
 def test_approach_reading_adds_up_the_lanes_of_an_approach() -> None:
