@@ -203,7 +203,7 @@ def test_controllers_see_queues_standing_before_a_short_incoming_lane(tmp_path: 
 
 
 def test_a_feeding_lane_reaching_beyond_the_approach_is_left_out(tmp_path: Path) -> None:
-    scenario = _crossroads(tmp_path / "far", "traffic_light", lead_in_m=50.0)  # 60 m from 50 m
+    scenario = _crossroads(tmp_path / "far", "traffic_light", lead_in_m=80.0)  # 60 m + 80 m
     with SumoEngine(scenario, SumoOptions(seconds=10), tmp_path / "trips.xml") as engine:
         assert SignalControl(engine, QueuePressure(), SafetyRules()).approaches == {}
 
