@@ -265,6 +265,19 @@ def test_a_starved_junction_raises_one_incident_not_one_per_exit() -> None:
     assert detector.incidents[0].members == {"B", "C"}
 
 
+def test_a_queue_standing_where_queues_clear_is_a_stalled_vehicle() -> None:
+    # traffic goes round a vehicle stopped on B: flow holds, nothing fills upstream, but one
+    # halted vehicle is there at the end of every interval where B's queues used to clear
+    stalled = {**NORMAL, "B": SegmentSample(380, 0.06, 7.5)}
+    detector = IncidentDetector(LINKS)
+    events = _feed(detector, [NORMAL] * 5 + [stalled] * 5 + [NORMAL] * 4)
+    assert events == ["8:B:start", "12:B:end"]  # 3 queued intervals, then confirmed
+    assert detector.incidents[0].upstream == ()
+    # A ends every interval with a queue (a signal): a longer standing queue is its normal
+    queued = {**NORMAL, "A": SegmentSample(600, 0.08, 30)}
+    assert _feed(IncidentDetector(LINKS), [NORMAL] * 5 + [queued] * 6) == []
+
+
 def test_scores_count_detections_delays_and_false_alarms() -> None:
     def alarm(segment: str, minutes: int, upstream: tuple[str, ...] = ()) -> Incident:
         return Incident(segment, upstream, T0, T0 + minutes * MINUTE)
