@@ -45,3 +45,21 @@ def live(duckdb_path: Path) -> Iterator[LiveServer]:
     with serve(services) as server:
         yield server
     store.close()
+
+
+@pytest.fixture
+def sumo_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the SUMO processes the traffic twin starts (to check none is left running)."""
+    import civica.domains.traffic.twin as twin_module  # SUMO's modules only where needed
+    from civica.domains.traffic.engine import SumoEngine
+
+    pids: list[int] = []
+
+    class Spy(SumoEngine):
+        def start(self) -> None:
+            super().start()
+            assert self.pid is not None
+            pids.append(self.pid)
+
+    monkeypatch.setattr(twin_module, "SumoEngine", Spy)
+    return pids

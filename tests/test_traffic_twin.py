@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-import civica.domains.traffic.twin as twin_module
 from civica.api.services import Services
 from civica.app import build_services
 from civica.core.store import ObservationQuery
-from civica.domains.traffic.engine import SumoDisconnectedError, SumoEngine, sumo_binary
+from civica.domains.traffic.engine import SumoDisconnectedError, sumo_binary
 from civica.domains.traffic.ids import flow_id
 from civica.domains.traffic.scenarios import Scenario, ScenarioError, from_files
 from civica.domains.traffic.twin import TwinError, run_twin
@@ -30,21 +29,6 @@ START = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
     return _crossroads(tmp_path_factory.mktemp("twin"), "traffic_light")
-
-
-@pytest.fixture
-def sumo_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The ids of the SUMO processes the twin starts (to check none is left running)."""
-    pids: list[int] = []
-
-    class Spy(SumoEngine):
-        def start(self) -> None:
-            super().start()
-            assert self.pid is not None
-            pids.append(self.pid)
-
-    monkeypatch.setattr(twin_module, "SumoEngine", Spy)
-    return pids
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-import civica.domains.traffic.twin as twin_module
 from civica.app import build_services
 from civica.cli import main
 from civica.core.clock import Clock
 from civica.core.store import EntityQuery, ObservationQuery
-from civica.domains.traffic.engine import SumoEngine
 from civica.domains.traffic.ids import TRAFFIC_FLOW, flow_id
 from civica.domains.traffic.scenarios import Scenario, from_files
 from civica.domains.traffic.sightings import Sighting, SightingError, SightingHasher
@@ -80,21 +78,6 @@ class Recorded:
             return hasher
 
         return make
-
-
-@pytest.fixture
-def sumo_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The ids of the SUMO processes the twin starts."""
-    pids: list[int] = []
-
-    class Spy(SumoEngine):
-        def start(self) -> None:
-            super().start()
-            assert self.pid is not None
-            pids.append(self.pid)
-
-    monkeypatch.setattr(twin_module, "SumoEngine", Spy)
-    return pids
 
 
 def _scan(folder: Path) -> tuple[str, bytes]:

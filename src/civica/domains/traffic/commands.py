@@ -116,16 +116,31 @@ def _progress() -> Progress:
     )
 
 
+def _scenario_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--scenario | --sumocfg | --net with --routes: what :func:`_scenario` resolves."""
+    for option in reversed(
+        (
+            click.option(
+                "--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}."
+            ),
+            click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path)),
+            click.option("--net", type=click.Path(dir_okay=False, path_type=Path)),
+            click.option(
+                "--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 @click.group()
 def traffic() -> None:
     """Road traffic: SUMO scenarios, adaptive signal control and the live twin."""
 
 
 @traffic.command()
-@click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}.")
-@click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--net", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@_scenario_options
 @click.option(
     "--controller",
     type=click.Choice(controller_names()),
@@ -196,10 +211,7 @@ def _alert_counts(watch: CongestionWatch) -> dict[str, int]:
 
 
 @traffic.command()
-@click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}.")
-@click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--net", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@_scenario_options
 @click.option("--seconds", type=float, default=3600.0, show_default=True, help="Simulated.")
 @click.option(
     "--interval",
