@@ -63,10 +63,10 @@ def trip_metrics(tripinfo: Path, end: float | None = None) -> TripMetrics:
             durations.append(float(element.get("duration", "0")))
         else:
             not_finished += 1
-            # when it was due: its departure (or the end, if still waiting) less its wait
-            due = (depart if depart >= 0 else (end or 0.0)) - desired
-            if end is not None and end - due >= STUCK_AFTER_S:
-                stuck += 1
+            if end is not None:
+                # due at its departure (or at the end, if still waiting) less its wait
+                due = (depart if depart >= 0 else end) - desired
+                stuck += end - due >= STUCK_AFTER_S
         element.clear()
     return TripMetrics(
         vehicles=len(delays),
