@@ -103,18 +103,18 @@ def test_a_read_overtaken_by_a_write_does_not_fill_the_cache(
     first.write("default", [state(1.0)], [])
     first.close()
     store = DuckDBStore(path)  # empty cache: the next read goes to the file
-    real = embedded._stored
+    real = embedded._states_of
     calls = [0]
 
-    def write_in_between(row: tuple[Any, ...]) -> StoredEntity:
+    def write_in_between(table: Any) -> Any:
         calls[0] += 1
         if calls[0] == 1:  # after the read, before the cache fill: a write lands
             store.write("default", [state(9.0, minutes=5)], [])
-        return real(row)
+        return real(table)
 
-    monkeypatch.setattr(embedded, "_stored", write_in_between)
+    monkeypatch.setattr(embedded, "_states_of", write_in_between)
     assert pressure(store) == 1.0  # the read saw the file before the write
-    monkeypatch.setattr(embedded, "_stored", real)
+    monkeypatch.setattr(embedded, "_states_of", real)
     assert pressure(store) == 9.0  # and did not put its stale row in the cache
     store.close()
 
@@ -138,3 +138,44 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
     got = store.get_entities("default", [s.id for s in many])
     assert sorted(got) == sorted(s.id for s in many)
     store.close()
+
+
+def test_warming_loads_the_most_recent_states_as_the_file_holds_them(tmp_path: Path) -> None:
+    path = tmp_path / "warm.duckdb"
+    first = DuckDBStore(path)
+    for n in range(5):  # entity n last modified at minute n
+        entity = {**state(float(n)).entity, "id": f"urn:ngsi-ld:WaterObserved:w{n}"}
+        first.write("default", [StoredEntity(entity, T0, T0 + timedelta(minutes=n))], [])
+    first.write("other", [state(7.0, minutes=9)], [])
+    first.close()
+
+    store = DuckDBStore(path, state_cache=3)
+    assert store.warm_state_cache() == 3  # no more than the cache holds
+    cache = store._states
+    # The three most recently modified, whatever their tenant.
+    assert cache.get("other", EID) is not None
+    assert cache.get("default", "urn:ngsi-ld:WaterObserved:w4") is not None
+    assert cache.get("default", "urn:ngsi-ld:WaterObserved:w3") is not None
+    assert cache.get("default", "urn:ngsi-ld:WaterObserved:w2") is None
+    warm = cache.get("default", "urn:ngsi-ld:WaterObserved:w4")
+    assert warm is not None
+    assert warm.modified_at == T0 + timedelta(minutes=4)
+    assert warm.bbox == (4.35, 50.8, 4.35, 50.8)
+    assert warm.attrs == ("location", "pressure")
+    got = store.get_entities("default", ["urn:ngsi-ld:WaterObserved:w4"])
+    assert got["urn:ngsi-ld:WaterObserved:w4"].entity["pressure"]["value"] == 4.0
+    # A write after warming is what later reads see.
+    store.write("other", [state(8.0, minutes=10)], [])
+    assert store.get_entities("other", [EID])[EID].entity["pressure"]["value"] == 8.0
+    store.close()
+
+
+def test_warming_an_empty_or_cacheless_store_loads_nothing(tmp_path: Path) -> None:
+    empty = DuckDBStore(tmp_path / "empty.duckdb")
+    assert empty.warm_state_cache() == 0
+    empty.write("default", [state(1.0)], [])
+    empty.close()
+    cacheless = DuckDBStore(tmp_path / "empty.duckdb", state_cache=0)
+    assert cacheless.warm_state_cache() == 0
+    assert pressure(cacheless) == 1.0
+    cacheless.close()

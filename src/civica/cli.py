@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def _run_server(
     services = build_services(store)
     app = create_app(services)
     services.on_shutdown.append(store.close)
+    _warm(store)
     if ingest_workers != 0:
         pool = AdmissionPool(services.ingest.gate, ingest_workers)
         services.ingest.admission = pool
@@ -100,6 +102,18 @@ def _run_server(
     finally:
         gc.unfreeze()  # let interpreter shutdown reclaim everything as usual
         services.shut_down()  # already done by the app's lifespan, unless it never started
+
+
+def _warm(store: Store) -> None:
+    """Load recent entity states into the store's cache before the first request."""
+    from civica.storage import DuckDBStore
+
+    if isinstance(store, DuckDBStore):
+        began = time.perf_counter()
+        n = store.warm_state_cache()
+        if n:
+            took = time.perf_counter() - began
+            console.print(f"Loaded {n:,} recent entity states into the cache in {took:.1f} s")
 
 
 @main.command()

@@ -10,8 +10,10 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import logging
+import math
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,7 +23,7 @@ import orjson
 import pyarrow as pa
 
 from civica.core.entity import Entity, Observation
-from civica.core.geo import bbox_of
+from civica.core.geo import bbox_of, haversine_m
 from civica.core.store import (
     ApiKeyRecord,
     DeadLetter,
@@ -34,7 +36,7 @@ from civica.core.store import (
     TypeInfo,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entities.entity_key
 # Recent observations are moved into the sorted history once this many have arrived.
 COMPACT_ROWS = 1_000_000
 # Current states kept in memory as their JSON documents (about 0.5 KB each), so the ingest
@@ -55,6 +57,7 @@ create table if not exists entities (
     min_lon double, min_lat double, max_lon double, max_lat double,
     created_at timestamptz not null,
     modified_at timestamptz not null,
+    entity_key bigint,
     primary key (tenant, id)
 );
 create table if not exists observations (
@@ -126,11 +129,16 @@ class DuckDBStore:
         }
         self._con = duckdb.connect(self.path, config=config)
         self._write_lock = threading.Lock()
+        self._compact_lock = threading.Lock()  # one compaction at a time
+        self._compactor: threading.Thread | None = None
         self._local = threading.local()
         with self._write_lock:
             self._con.execute(_SCHEMA)
-            if not self._con.execute("select 1 from schema_info").fetchall():
+            version = self._con.execute("select max(version) from schema_info").fetchall()[0][0]
+            if version is None:
                 self._con.execute("insert into schema_info values (?)", [SCHEMA_VERSION])
+            elif version < SCHEMA_VERSION:
+                _migrate(self._con, version)
             counted = self._con.execute("select count(*) from observations_recent").fetchall()
             self._recent_rows = int(counted[0][0])
 
@@ -171,23 +179,52 @@ class DuckDBStore:
         try:
             # Find the rows by key first and fetch their documents after: joining on the
             # documents directly drags every stored document through the join (twice as slow).
-            rows = cur.execute(
-                "select doc, epoch_us(created_at), epoch_us(modified_at), attrs, "
-                "min_lon, min_lat, max_lon, max_lat from entities "
+            table = _fetch_arrow(
+                cur,
+                f"select {_STATE_COLUMNS} from entities "
                 "where rowid in (select e.rowid from entities e join wanted_ids w "
                 "on e.id = w.id where e.tenant = ?)",
                 [tenant],
-            ).fetchall()
+            )
         finally:
             cur.unregister("wanted_ids")
-        fetched = [(_stored(r), r) for r in rows]
+        fetched = _states_of(table)
         with self._write_lock:  # a write since the read made these rows stale for the cache
             if states.generation == generation:
-                for stored, row in fetched:
-                    box = None if row[4] is None else (row[4], row[5], row[6], row[7])
-                    states.put(tenant, stored.id, _state_of(stored, row[0], tuple(row[3]), box))
-        found.update((stored.id, stored) for stored, _ in fetched)
+                for state in fetched:
+                    states.put(tenant, state.id, state)
+        for state in fetched:
+            found[state.id] = StoredEntity(
+                orjson.loads(state.doc), state.created_at, state.modified_at
+            )
         return found
+
+    def warm_state_cache(self, limit: int | None = None) -> int:
+        """Load the most recently modified states into the state cache; returns how many.
+
+        A server calls this at start-up so the first batches after a restart merge on
+        cached states instead of reading each entity back from the table.
+        """
+        states = self._states
+        n = states.capacity if limit is None else min(limit, states.capacity)
+        if n <= 0:
+            return 0
+        generation = states.generation
+        table = _fetch_arrow(
+            self._cursor(),
+            f"select tenant, {_STATE_COLUMNS} from entities order by modified_at desc limit ?",
+            [n],
+        )
+        tenants = table.column("tenant").to_pylist()
+        fetched = _states_of(table)
+        with self._write_lock:
+            if states.generation != generation:
+                return 0  # written meanwhile: the cache fills itself from here
+            # Oldest first, so the most recent end up at the young end of the cache.
+            for tenant, state in zip(reversed(tenants), reversed(fetched), strict=True):
+                if states.get(tenant, state.id) is None:
+                    states.put(tenant, state.id, state)
+        return len(fetched)
 
     def write(
         self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]
@@ -204,14 +241,17 @@ class DuckDBStore:
         # no lock, so a caller can do it while another write is in the database.
         docs = [orjson.dumps(s.entity).decode() for s in entities]
         attrs = [tuple(k for k in s.entity if k not in ("id", "type")) for s in entities]
+        keys = {s.id: entity_key(tenant, s.id) for s in entities}
+        if len(set(keys.values())) != len(keys):
+            raise ValueError("two entities of one write share an entity key; nothing was stored")
         states = [
-            _state_of(s, doc, names, box)
+            _state_of(s, doc, names, box, keys[s.id])
             for s, doc, names, box in zip(entities, docs, attrs, _bboxes(entities), strict=True)
         ]
         if isinstance(observations, pa.Table):
-            table = _keyed_readings(tenant, observations) if observations.num_rows else None
+            table = _keyed_readings(tenant, observations, keys) if observations.num_rows else None
         else:
-            table = _observation_table(tenant, observations) if observations else None
+            table = _observation_table(tenant, observations, keys) if observations else None
         return PreparedWrite(tenant, entities, observations, (states, table))
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
@@ -243,7 +283,7 @@ class DuckDBStore:
             try:
                 script = ["begin"]
                 if same:
-                    con.register("new_docs", _doc_table(tenant, states))
+                    con.register("new_docs", _doc_table(states))
                     script.append(_UPDATE_DOCS)
                 elif states:
                     con.register("new_entities", _entity_table(tenant, states))
@@ -265,30 +305,56 @@ class DuckDBStore:
                 cache.put(tenant, state.id, state)
             self._recent_rows += rows
             if self._recent_rows >= self.compact_rows:
-                self._compact()
+                self._compact_in_background()
 
     def compact(self) -> None:
         """Move recent observations into the sorted history now (also done automatically)."""
-        with self._write_lock:
+        self._compact()
+
+    def _compact_in_background(self) -> None:
+        """Start a compaction in its own thread unless one runs; call with the write lock.
+
+        Writes go on meanwhile: the compaction is one transaction that moves the rows its
+        snapshot sees and deletes exactly those (DuckDB's MVCC), so rows appended while it
+        sorts stay in ``observations_recent`` and every row is in exactly one table.
+        """
+        worker = self._compactor
+        if worker is not None and worker.is_alive():
+            return
+        self._compactor = threading.Thread(
+            target=self._compact_quietly, name="civica-compaction", daemon=True
+        )
+        self._compactor.start()
+
+    def _compact_quietly(self) -> None:
+        try:
             self._compact()
+        except duckdb.Error:  # the next write that finds enough recent rows tries again
+            logging.getLogger(__name__).exception("compacting recent observations failed")
 
     def _compact(self) -> None:
         # Observations arrive interleaved across entities. Moved over in (tenant, key, time)
         # order, each run's row groups cover narrow key ranges, so DuckDB's min/max zone
         # maps skip all but about one row group per run for a single-entity history query.
-        con = self._con
-        con.execute("begin")
-        try:
-            con.execute(
-                "insert into observations select * from observations_recent "
-                "order by tenant, entity_key, observed_at"
-            )
-            con.execute("delete from observations_recent")
-            con.execute("commit")
-        except BaseException:
-            con.execute("rollback")
-            raise
-        self._recent_rows = 0
+        with self._compact_lock:
+            con = self._con.cursor()
+            try:
+                con.execute("begin")
+                try:
+                    con.execute(
+                        "insert into observations select * from observations_recent "
+                        "order by tenant, entity_key, observed_at"
+                    )
+                    moved = con.execute("delete from observations_recent").fetchall()[0][0]
+                    con.execute("commit")
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("rollback")
+                    raise
+            finally:
+                con.close()
+            with self._write_lock:
+                self._recent_rows -= int(moved)
 
     def delete_entities(self, tenant: str, ids: Sequence[str]) -> list[str]:
         if not ids:
@@ -346,12 +412,75 @@ class DuckDBStore:
                 [*params, *page],
             ).fetchall()
             return rows, int(total[0][0])
+        if box is not None and query.q is None and query.id_pattern is None:
+            near = _near_point(query)
+            if near is not None:
+                return self._near_rows(cur, clause, params, query, near)
         sql = (
             "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
             f"where {clause} order by id"
         )
         hits = [r for r in cur.execute(sql, params).fetchall() if query.matches(_stored(r))]
         return hits[query.offset : query.offset + query.limit], len(hits)
+
+    @staticmethod
+    def _near_rows(
+        cur: duckdb.DuckDBPyConnection,
+        clause: str,
+        params: list[Any],
+        query: EntityQuery,
+        near: tuple[float, float],
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """``near`` a point over located rows, measured on the stored boxes, not documents.
+
+        A Point location's box is the point itself, so its distance is the same
+        ``haversine_m`` that ``GeoQuery.matches`` computes; only the page's documents are
+        fetched. Other shapes (a box with extent) are matched on their documents.
+        """
+        geo = query.geo
+        assert geo is not None
+        lon, lat = near
+        hi = math.inf if geo.max_distance is None else geo.max_distance
+        lo = -math.inf if geo.min_distance is None else geo.min_distance
+        table = _fetch_arrow(
+            cur,
+            f"select rowid, min_lon, min_lat, max_lon, max_lat from entities where {clause} "
+            "order by id",
+            params,
+        )
+        col = table.column
+        hits: list[int] = []
+        shaped: list[int] = []
+        for rowid, x0, y0, x1, y1 in zip(
+            _values(col("rowid")),
+            _values(col("min_lon")),
+            _values(col("min_lat")),
+            _values(col("max_lon")),
+            _values(col("max_lat")),
+            strict=True,
+        ):
+            if x0 != x1 or y0 != y1:
+                shaped.append(rowid)
+                hits.append(rowid)
+            elif lo <= haversine_m(x0, y0, lon, lat) <= hi:
+                hits.append(rowid)
+        if shaped:  # keep only the shapes that really match (rare: most locations are points)
+            rows = cur.execute(
+                "select rowid, doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+                "where rowid in (select unnest(?))",
+                [shaped],
+            ).fetchall()
+            failed = {r[0] for r in rows if not query.matches(_stored(r[1:]))}
+            hits = [h for h in hits if h not in failed]
+        page = hits[query.offset : query.offset + query.limit]
+        if not page:
+            return [], len(hits)
+        rows = cur.execute(
+            "select doc, epoch_us(created_at), epoch_us(modified_at) from entities "
+            "where rowid in (select unnest(?)) order by id",
+            [page],
+        ).fetchall()
+        return rows, len(hits)
 
     def entity_types(self, tenant: str) -> list[TypeInfo]:
         rows = (
@@ -512,6 +641,9 @@ class DuckDBStore:
         return bool(rows)
 
     def close(self) -> None:
+        worker = self._compactor
+        if worker is not None:
+            worker.join()
         with self._write_lock:
             self._con.close()
 
@@ -525,15 +657,17 @@ _INSTANCE_JSON = (
     """'%Y-%m-%dT%H:%M:%S.%gZ') || '"' || coalesce(',"unitCode":' || to_json(unit), '') """
     """|| '}'"""
 )
+# Rows are found by entity_key (one integer) rather than (tenant, id): the join on the two
+# strings cost about as much as the update itself. Keys are unique: see _replace_statements.
 _UPDATE_DOCS = (
     "update entities e set doc = n.doc, modified_at = n.modified_at "
-    "from new_docs n where e.tenant = n.tenant and e.id = n.id"
+    "from new_docs n where e.entity_key = n.entity_key"
 )
 _UPDATE_STATES = (
     "update entities e set type = n.type, doc = n.doc, min_lon = n.min_lon, "
     "min_lat = n.min_lat, max_lon = n.max_lon, max_lat = n.max_lat, "
     "created_at = n.created_at, modified_at = n.modified_at "
-    "from new_entities n where e.tenant = n.tenant and e.id = n.id"
+    "from new_entities n where e.entity_key = n.entity_key"
 )
 
 
@@ -566,6 +700,38 @@ def _observation_filter(tenant: str, query: ObservationQuery) -> tuple[list[str]
     return where, params
 
 
+def _migrate(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    """Bring a database file written by an older Civica to ``SCHEMA_VERSION``, in place."""
+    con.execute("begin")
+    try:
+        if version < 2:  # entities.entity_key, filled for the rows already there
+            con.execute("alter table entities add column entity_key bigint")
+            rows = _fetch_arrow(con, "select tenant, id from entities", [])
+            tenants, ids = _values(rows.column("tenant")), _values(rows.column("id"))
+            keys = pa.table(
+                {
+                    "tenant": pa.array(tenants, pa.string()),
+                    "id": pa.array(ids, pa.string()),
+                    "entity_key": pa.array(
+                        [entity_key(t, i) for t, i in zip(tenants, ids, strict=True)], pa.int64()
+                    ),
+                }
+            )
+            con.register("migrated_keys", keys)
+            try:
+                con.execute(
+                    "update entities e set entity_key = k.entity_key from migrated_keys k "
+                    "where e.tenant = k.tenant and e.id = k.id"
+                )
+            finally:
+                con.unregister("migrated_keys")
+        con.execute("update schema_info set version = ?", [SCHEMA_VERSION])
+        con.execute("commit")
+    except BaseException:
+        con.execute("rollback")
+        raise
+
+
 def _replace_statements(
     con: duckdb.DuckDBPyConnection, known: tuple[bool, bool] | None
 ) -> list[str]:
@@ -583,11 +749,20 @@ def _replace_statements(
         ).fetchall()[0]
     else:
         missing, changed = known
-    statements = [_UPDATE_STATES]
+    statements = []
+    if missing:
+        # A new entity whose key another entity already has would make the updates below
+        # (by key) touch that other row: refuse the whole write instead (odds about 2^-64).
+        statements.append(
+            "select case when exists (select 1 from new_entities n join entities e "
+            "on e.entity_key = n.entity_key and (e.tenant <> n.tenant or e.id <> n.id)) "
+            "then error('two entities share an entity key; this write was not stored') end"
+        )
+    statements.append(_UPDATE_STATES)
     if changed:
         statements.append(
             "update entities e set attrs = n.attrs from new_entities n "
-            "where e.tenant = n.tenant and e.id = n.id and e.attrs <> n.attrs"
+            "where e.entity_key = n.entity_key and e.attrs <> n.attrs"
         )
     if missing:
         statements.append(
@@ -605,13 +780,18 @@ class _CachedState(NamedTuple):
     bbox: tuple[float, ...] | None
     created_at: datetime
     modified_at: datetime
+    key: int  # entity_key(tenant, id): rows are updated by this integer, not by the strings
 
 
 def _state_of(
-    stored: StoredEntity, doc: str, attrs: tuple[str, ...], bbox: tuple[float, ...] | None
+    stored: StoredEntity,
+    doc: str,
+    attrs: tuple[str, ...],
+    bbox: tuple[float, ...] | None,
+    key: int,
 ) -> _CachedState:
     return _CachedState(
-        stored.id, stored.type, doc, attrs, bbox, stored.created_at, stored.modified_at
+        stored.id, stored.type, doc, attrs, bbox, stored.created_at, stored.modified_at, key
     )
 
 
@@ -691,6 +871,66 @@ def _from_us(micros: int) -> datetime:
 _entity_time = functools.lru_cache(maxsize=4096)(_from_us)
 
 
+_STATE_COLUMNS = (
+    "id, type, doc, attrs, min_lon, min_lat, max_lon, max_lat, created_at, modified_at, entity_key"
+)
+
+
+def _values(column: Any) -> list[Any]:
+    values: list[Any] = column.to_pylist()
+    return values
+
+
+def _near_point(query: EntityQuery) -> tuple[float, float] | None:
+    """The reference point of a ``near`` query on ``location``, or None for anything else."""
+    geo = query.geo
+    if geo is None or geo.georel != "near" or geo.geoproperty != "location":
+        return None
+    if geo.geometry.get("type") != "Point":
+        return None
+    lon, lat = geo.geometry["coordinates"][0:2]
+    return float(lon), float(lat)
+
+
+def _fetch_arrow(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
+    """A query's whole result as one Arrow table (a relation: no DB-API row copy)."""
+    rel = cur.sql(sql, params=params)
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    table: pa.Table = fetch()
+    return table
+
+
+def _states_of(table: pa.Table) -> list[_CachedState]:
+    """Cache entries from rows of ``_STATE_COLUMNS``, column by column (no tuple per row)."""
+    col = table.column
+    boxes = [
+        None if x0 is None else (x0, y0, x1, y1)
+        for x0, y0, x1, y1 in zip(
+            col("min_lon").to_pylist(),
+            col("min_lat").to_pylist(),
+            col("max_lon").to_pylist(),
+            col("max_lat").to_pylist(),
+            strict=True,
+        )
+    ]
+    created = [_entity_time(t) for t in col("created_at").cast(_TS).cast(pa.int64()).to_pylist()]
+    modified = [_entity_time(t) for t in col("modified_at").cast(_TS).cast(pa.int64()).to_pylist()]
+    return [
+        _CachedState(i, t, d, tuple(a), b, c, m, k)
+        for i, t, d, a, b, c, m, k in zip(
+            col("id").to_pylist(),
+            col("type").to_pylist(),
+            col("doc").to_pylist(),
+            col("attrs").to_pylist(),
+            boxes,
+            created,
+            modified,
+            col("entity_key").to_pylist(),
+            strict=True,
+        )
+    ]
+
+
 def _stored(row: tuple[Any, ...]) -> StoredEntity:
     entity: Entity = orjson.loads(row[0])
     return StoredEntity(entity, _entity_time(row[1]), _entity_time(row[2]))
@@ -724,34 +964,36 @@ def _entity_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
             "max_lat": pa.array([b[3] if b else None for b in boxes], pa.float64()),
             "created_at": pa.array([s.created_at for s in states], _TS),
             "modified_at": pa.array([s.modified_at for s in states], _TS),
+            "entity_key": pa.array([s.key for s in states], pa.int64()),
         }
     )
 
 
-def _doc_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
+def _doc_table(states: Sequence[_CachedState]) -> pa.Table:
     return pa.table(
         {
-            "tenant": pa.array([tenant] * len(states), pa.string()),
-            "id": pa.array([s.id for s in states], pa.string()),
+            "entity_key": pa.array([s.key for s in states], pa.int64()),
             "doc": pa.array([s.doc for s in states], pa.string()),
             "modified_at": pa.array([s.modified_at for s in states], _TS),
         }
     )
 
 
-def _keyed_readings(tenant: str, table: pa.Table) -> pa.Table:
+def _keyed_readings(tenant: str, table: pa.Table, known: Mapping[str, int]) -> pa.Table:
     """A ``READINGS_SCHEMA`` table with the tenant and entity key columns in front."""
     ids = [str(eid) for eid in table.column("entity_id").to_pylist()]
-    keys = {eid: entity_key(tenant, eid) for eid in set(ids)}
+    keys = {eid: known[eid] if eid in known else entity_key(tenant, eid) for eid in set(ids)}
     tenants = pa.array([tenant] * table.num_rows, pa.string())
     return table.add_column(0, "tenant", tenants).add_column(
         1, "entity_key", pa.array([keys[eid] for eid in ids], pa.int64())
     )
 
 
-def _observation_table(tenant: str, rows: Sequence[Observation]) -> pa.Table:
+def _observation_table(
+    tenant: str, rows: Sequence[Observation], known: Mapping[str, int]
+) -> pa.Table:
     ids, types, attributes, times, nums, texts, units = zip(*rows, strict=True)
-    keys: dict[str, int] = {}
+    keys: dict[str, int] = dict(known)
     for eid in ids:
         if eid not in keys:
             keys[eid] = entity_key(tenant, eid)
