@@ -72,6 +72,7 @@ class _UpsertJob:
     readings: pa.Table | None  # the entities' observation rows, when admission made them
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
     taken: bool = False  # merged into a group by some caller
+    written: bool = False  # stored; its events are being published
     finished: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
 
@@ -94,6 +95,7 @@ class Ingest:
         self.clock = clock or SystemClock()
         self._lock = threading.Lock()  # merging: reading states and combining writes
         self._write_order = threading.Lock()  # writing merged groups, in merge order
+        self._publish_order = threading.Lock()  # publishing written groups, in write order
         self._queue_lock = threading.Lock()
         self._queue: list[_UpsertJob] = []
         self._to_write: list[_Merged] = []  # merged, in merge order, waiting for the writer
@@ -134,12 +136,13 @@ class Ingest:
         tenant: str,
         raw: bytes,
         *,
-        key_values: bool = False,
+        key_values: bool | None = False,
         replace: bool = False,
         max_batch: int = 10_000,
     ) -> BatchOutcome:
         """``upsert`` of a JSON batch body in the core context, admitted by the worker
-        processes of ``admission`` when there are some (else here)."""
+        processes of ``admission`` when there are some (else here). ``key_values`` None
+        decides per entity, as ``upsert`` does."""
         readings = None
         if self.admission is not None:
             entities, errors, readings = self.admission.admit_body(raw, key_values, max_batch)
@@ -180,11 +183,21 @@ class Ingest:
                 merged = self._merge_group(jobs)
                 with self._queue_lock:
                     self._to_write.extend(merged)
+        written: list[_Merged] | None = None
         with self._write_order:
-            if not job.finished.is_set():
+            if not job.finished.is_set() and not job.written:
                 with self._queue_lock:
                     parts, self._to_write = self._to_write, []
-                self._write_parts(parts)
+                written = self._write_parts(parts)
+                # Publish outside the write stage, so the next group can be written meanwhile;
+                # taking the publish lock before letting go of the write lock keeps the
+                # events in write order.
+                self._publish_order.acquire()
+        if written is not None:
+            try:
+                self._publish_written(written)
+            finally:
+                self._publish_order.release()
         job.finished.wait()
         if job.failure is not None:
             raise job.failure
@@ -192,8 +205,8 @@ class Ingest:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Both locks: no merge may start and no merged group is still being written."""
-        with self._lock, self._write_order:
+        """Every lock: no merge may start, no group is being written or has events pending."""
+        with self._lock, self._write_order, self._publish_order:
             yield
 
     def _merge_group(self, jobs: list[_UpsertJob]) -> list[_Merged]:
@@ -237,13 +250,19 @@ class Ingest:
                     job.finished.set()
         return merged
 
-    def _write_parts(self, parts: list[_Merged]) -> None:
-        """Store merged parts, one transaction per tenant; call with the write lock."""
+    def _write_parts(self, parts: list[_Merged]) -> list[_Merged]:
+        """Store merged parts, one transaction per tenant; call with the write lock.
+
+        Returns the parts written; their callers are told (``finished``) once their events
+        are published (``_publish_written``). Callers of parts that failed are told now.
+        """
         by_tenant: dict[str, list[_Merged]] = {}
         for part in parts:
             by_tenant.setdefault(part.tenant, []).append(part)
+        written: list[_Merged] = []
         for tenant, mine in by_tenant.items():
             jobs = [job for part in mine for job in part.jobs]
+            stored = False
             try:
                 if any(part.sequence <= self._broken for part in mine):
                     raise Problem(
@@ -252,8 +271,7 @@ class Ingest:
                         "with failed; send the batch again",
                     )
                 self.store.write_prepared([part.prepared for part in mine])
-                for part in mine:
-                    self._publish(tenant, list(part.changes.values()), part.prepared.observations)
+                stored = True
             except BaseException as err:
                 # Later groups merged on top of these states: they must not be written either.
                 self._broken = self._merged_groups
@@ -267,6 +285,24 @@ class Ingest:
                             if pending.get((tenant, eid)) is change.stored:
                                 del pending[(tenant, eid)]
                 for job in jobs:
+                    if stored:
+                        job.written = True
+                    else:
+                        job.finished.set()
+            if stored:
+                written.extend(mine)
+        return written
+
+    def _publish_written(self, written: list[_Merged]) -> None:
+        """Publish the events of written parts, in write order, then tell their callers."""
+        for part in written:
+            try:
+                self._publish(part.tenant, list(part.changes.values()), part.prepared.observations)
+            except BaseException as err:  # stored, but a subscriber failed: its callers hear it
+                for job in part.jobs:
+                    job.failure = err
+            finally:
+                for job in part.jobs:
                     job.finished.set()
 
     @staticmethod
