@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -74,7 +74,7 @@ def batch_of(raw: bytes, max_batch: int) -> list[Any]:
 
 
 def admit_body(
-    gate: PrivacyGate, raw: bytes, key_values: bool, max_batch: int
+    gate: PrivacyGate, raw: bytes, key_values: bool | None, max_batch: int
 ) -> tuple[list[Entity], Refusals]:
     """Parse a batch body in the core context and admit its entities."""
     return admit_all(gate, batch_of(raw, max_batch), CORE, key_values)
@@ -98,7 +98,7 @@ def _problem_from(fields: list[Any]) -> Problem:
     return Problem(ProblemKind(name, status, namespace), detail, title=title, **extra)
 
 
-def _admit_in_worker(raw: bytes, key_values: bool, max_batch: int) -> tuple[bytes, bytes]:
+def _admit_in_worker(raw: bytes, key_values: bool | None, max_batch: int) -> tuple[bytes, bytes]:
     try:
         good, errors = admit_body(_WORKER["gate"], raw, key_values, max_batch)
     except Problem as whole:
@@ -127,20 +127,33 @@ class AdmissionPool:
         self._pool.submit(len, b"").result()
 
     def admit_body(
-        self, raw: bytes, key_values: bool, max_batch: int
+        self, raw: bytes, key_values: bool | None, max_batch: int
     ) -> tuple[list[Entity], Refusals, pa.Table | None]:
         """(admitted entities, refusals, their readings as one table or None if not made)."""
+        return self.submit_body(raw, key_values, max_batch)()
+
+    def submit_body(
+        self, raw: bytes, key_values: bool | None, max_batch: int
+    ) -> Callable[[], tuple[list[Entity], Refusals, pa.Table | None]]:
+        """Start admitting a body; the returned function waits for what ``admit_body`` gives.
+
+        A caller that has more to do (the MQTT consumer merging the previous batch) does it
+        meanwhile, while a worker parses this one.
+        """
         if len(raw) < MIN_OFFLOAD_BYTES:
-            return (*admit_body(self.gate, raw, key_values, max_batch), None)
-        done: tuple[bytes, bytes] = self._pool.submit(
-            _admit_in_worker, raw, key_values, max_batch
-        ).result()
-        answer_json, readings = done
-        answer = orjson.loads(answer_json)
-        if "refused" in answer:
-            raise _problem_from(answer["refused"])
-        errors = [(eid, _problem_from(fields)) for eid, fields in answer["errors"]]
-        return answer["good"], errors, from_ipc(readings)
+            done = (*admit_body(self.gate, raw, key_values, max_batch), None)
+            return lambda: done
+        future = self._pool.submit(_admit_in_worker, raw, key_values, max_batch)
+        return lambda: _decoded(future.result())
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decoded(done: tuple[bytes, bytes]) -> tuple[list[Entity], Refusals, pa.Table | None]:
+    answer_json, readings = done
+    answer = orjson.loads(answer_json)
+    if "refused" in answer:
+        raise _problem_from(answer["refused"])
+    errors = [(eid, _problem_from(fields)) for eid, fields in answer["errors"]]
+    return answer["good"], errors, from_ipc(readings)

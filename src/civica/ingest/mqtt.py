@@ -5,13 +5,16 @@ entity may leave out ``id`` and ``type``, which the topic supplies; list items m
 ``type``. Whatever cannot be stored becomes a dead letter (source ``"mqtt"``) with the reason,
 the topic and the raw payload, so nothing is dropped silently.
 
-Two processes share the work. The *receiver*, a child process, runs paho-mqtt: its
-``on_message`` only appends to a buffer, and a thread ships the buffer to the consumer every
-``linger`` seconds or ``batch_size`` messages. The *consumer*, a thread of this process, groups
-a batch by tenant and makes one ``Ingest.upsert`` call - one store transaction - per tenant.
-Paho costs about 30 us of Python per message and the pipeline about as much again; in one
-process they take turns on the GIL (about 10,000 messages/s here), in two they overlap
-(over 20,000 messages/s on two cores).
+Two processes share the work (three with admission workers). The *receiver*, a child process,
+holds the MQTT connection (``civica.ingest.mqtt_wire``, a lean MQTT v5 subscriber: paho-mqtt
+spent about 70 us of Python per message there and capped ingest at one core; this takes a
+few): it buffers the PUBLISH packets it reads and ships the buffer to the consumer every
+``linger`` seconds or ``batch_size`` messages, and writes the consumer's acknowledgements as
+one write per batch. The *consumer*, a thread of this process, groups a batch by tenant and
+makes one upsert - one store transaction - per tenant. When the ``Ingest`` has admission
+workers (``civica serve`` starts them), a batch is parsed and gated there, as HTTP batches
+are, and the next batch goes to them while this one is merged and written; batches are still
+stored in the order they came.
 
 Delivery is at-least-once: messages are acknowledged (``manual_ack``) only after their batch is
 committed or dead-lettered, so a crash before that leaves them with the broker. The receiver
@@ -24,7 +27,9 @@ drops messages for a subscriber that falls behind by more than the window plus i
 Scaling out: consumers that share ``$share/<group>/...`` split the stream between them. With
 the default clean session a message that was in flight when a consumer died is lost at the
 broker; give a ``client_id`` and a ``session_expiry`` to resume the session and have it
-redelivered (then it may be stored twice, which is what at-least-once means).
+redelivered (then it may be stored twice, which is what at-least-once means). A lost
+connection ends the receiver; the consumer starts another (backing off from 1 s to 30 s),
+which connects afresh.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ import logging
 import multiprocessing
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from multiprocessing.connection import Connection
 from types import TracebackType
@@ -50,6 +56,7 @@ import orjson
 from civica.core.ldcontext import CORE, LdContext
 from civica.core.problems import INTERNAL_ERROR, PAYLOAD_TOO_LARGE, Problem, bad_request
 from civica.core.store import DeadLetter
+from civica.ingest import mqtt_wire as wire
 from civica.ingest.pipeline import BatchOutcome, Ingest
 
 log = logging.getLogger(__name__)
@@ -62,6 +69,9 @@ _TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Connection numbers of the n-th receiver process start at n * this, so an ack meant for a
 # dead receiver's connection never matches a live one.
 _CONNECTIONS_PER_RECEIVER = 1_000_000
+_TOPIC_CACHE = 200_000  # parsed topics kept (one per sensor); emptied when full
+_RECV_BYTES = 256 * 1024  # one socket read: a few thousand small messages
+_POLL_S = 0.02  # how long the receiver's network thread waits for bytes before it writes
 
 # (topic, payload, payload size, message id, QoS, connection number), as received. A payload
 # over the limit travels cut to what a dead letter keeps.
@@ -154,6 +164,8 @@ class MqttIngest:
 
         self._lock = threading.Lock()
         self._pending: list[_Message] = []
+        self._ahead: tuple[list[_Message], _Prepared] | None = None
+        self._topics: dict[str, tuple[str, str, str]] = {}  # valid topics, parsed
         self._stopping = threading.Event()
         self._send_lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -317,6 +329,20 @@ class MqttIngest:
             log.exception("could not start the MQTT receiver")
 
     # ---- the consumer thread -----------------------------------------------------------------
+    @property
+    def _offloading(self) -> bool:
+        """Whether batches go to the admission workers (the core context only, as HTTP)."""
+        return self.ingest.admission is not None and self.ctx is CORE
+
+    def _prepared_ahead(self, batch: list[_Message]) -> _Prepared | None:
+        """The preparation made for ``batch`` while the previous one was stored, if any."""
+        made, self._ahead = self._ahead, None
+        if made is None:
+            return None
+        messages, prepared = made
+        same = len(messages) == len(batch) and messages[0] is batch[0]
+        return prepared if same and messages[-1] is batch[-1] else None
+
     def _run(self) -> None:
         finished = False  # the receiver shipped its last batch
         stuck = 0
@@ -333,13 +359,22 @@ class MqttIngest:
                         self._respawn()
                         continue
             with self._lock:
-                batch = self._pending[: self.batch_size]
+                pending, size = self._pending, self.batch_size
+                if self._ahead is not None and pending and pending[0] is self._ahead[0][0]:
+                    size = len(self._ahead[0])  # exactly the batch prepared ahead
+                batch = pending[:size]
+                following = pending[len(batch) : len(batch) + self.batch_size]
             if not batch:
                 if finished:
                     break
                 continue
             try:
-                left = self._settle(batch)
+                prepared = self._prepared_ahead(batch)
+                if following and self._offloading:
+                    # The admission workers parse the next batch while this one is merged
+                    # and written; batches are still stored in the order they came.
+                    self._ahead = (following, self._prepare(following))
+                left = self._settle(batch, prepared)
             except Exception:  # a bug here must not end consumption: keep the messages
                 log.exception("an MQTT batch failed; it is retried")
                 left = batch
@@ -366,7 +401,9 @@ class MqttIngest:
         inbox = self._inbox
         if inbox is None:
             raise EOFError
-        while len(self._pending) < self.batch_size and inbox.poll(timeout):
+        # Two batches' worth when the next one is prepared while this one is stored.
+        wanted = self.batch_size * (2 if self._offloading else 1)
+        while len(self._pending) < wanted and inbox.poll(timeout):
             timeout = 0.0
             kind, body = inbox.recv()
             if kind == "batch":
@@ -382,8 +419,8 @@ class MqttIngest:
                 raise EOFError
         return False
 
-    def _settle(self, batch: list[_Message]) -> list[_Message]:
-        """Store a batch, dead-letter what fails, ack what is settled; return what is not."""
+    def _prepare(self, batch: list[_Message]) -> _Prepared:
+        """Unpack a batch by tenant and, with admission workers, start admitting it there."""
         now = self.ingest.clock.now()
         letters: list[DeadLetter] = []
         refused = [False] * len(batch)
@@ -406,11 +443,30 @@ class MqttIngest:
             else:
                 group_docs.append(docs)
                 owners.append((index, None))
+        admitted: dict[str, _Admitted] = {}
+        pool = self.ingest.admission
+        if pool is not None and self._offloading:
+            for tenant, (docs, _owners) in groups.items():
+                try:
+                    admitted[tenant] = pool.submit_body(orjson.dumps(docs), None, len(docs))
+                except Exception:  # no workers (shut down, broken): admitted here instead
+                    log.exception("MQTT batch admission could not start in the workers")
+        return _Prepared(now, letters, refused, groups, admitted)
 
+    def _settle(self, batch: list[_Message], prepared: _Prepared | None = None) -> list[_Message]:
+        """Store a batch, dead-letter what fails, ack what is settled; return what is not."""
+        if prepared is None:
+            prepared = self._prepare(batch)
+        now, letters, refused, groups = (
+            prepared.now,
+            prepared.letters,
+            prepared.refused,
+            prepared.groups,
+        )
         entities = 0
         for tenant, (docs, owners) in groups.items():
             try:
-                failures = self._store(tenant, docs)
+                failures = self._store(tenant, docs, prepared.admitted.get(tenant))
             except Exception:
                 failures = self._store_one_by_one(tenant, docs, owners)
             for doc_index, problem in failures.items():
@@ -476,6 +532,17 @@ class MqttIngest:
         raise _RefusedError(tenant, problem)
 
     def _topic(self, topic: str) -> tuple[str, str, str]:
+        # Sensors publish on the same topic again and again: each is checked once.
+        known = self._topics.get(topic)
+        if known is not None:
+            return known
+        parsed = self._parse_topic(topic)
+        if len(self._topics) >= _TOPIC_CACHE:
+            self._topics.clear()
+        self._topics[topic] = parsed
+        return parsed
+
+    def _parse_topic(self, topic: str) -> tuple[str, str, str]:
         root = self.topic_root
         parts = topic[len(root) + 1 :].split("/") if topic.startswith(root + "/") else []
         if len(parts) != 3 or not all(parts):
@@ -513,11 +580,16 @@ class MqttIngest:
             return False
 
     # ---- storing -------------------------------------------------------------------------------
-    def _store(self, tenant: str, docs: Sequence[Any]) -> dict[int, Problem]:
-        """Upsert one tenant's documents, retrying store errors; the failed documents' problems."""
+    def _store(
+        self, tenant: str, docs: Sequence[Any], admitted: _Admitted | None = None
+    ) -> dict[int, Problem]:
+        """Upsert one tenant's documents, retrying store errors; the failed documents' problems.
+
+        ``admitted`` is the admission workers' answer for these documents, when they have it.
+        """
         for attempt in range(self.retries + 1):
             try:
-                outcome = self.ingest.upsert(tenant, docs, self.ctx, key_values=None)
+                outcome = self._upsert(tenant, docs, admitted)
             except Exception:
                 with self._lock:
                     self._counts["store_failures"] += 1
@@ -529,6 +601,18 @@ class MqttIngest:
                 continue
             return self._attribute(tenant, docs, outcome) if outcome.errors else {}
         raise RuntimeError("the store keeps failing")
+
+    def _upsert(self, tenant: str, docs: Sequence[Any], admitted: _Admitted | None) -> BatchOutcome:
+        if admitted is not None:
+            try:
+                entities, errors, readings = admitted()
+            except Exception:  # the workers failed (not the documents): admitted here instead
+                log.exception("MQTT batch admission failed in the workers")
+            else:
+                outcome = self.ingest.upsert_entities(tenant, entities, readings=readings)
+                outcome.errors[:0] = errors
+                return outcome
+        return self.ingest.upsert(tenant, docs, self.ctx, key_values=None)
 
     def _store_one_by_one(
         self, tenant: str, docs: Sequence[Any], owners: Sequence[tuple[int, int | None]]
@@ -592,6 +676,20 @@ class MqttIngest:
         return {}
 
 
+_Admitted = Callable[[], tuple[list[Any], list[tuple[str | None, Problem]], Any]]
+
+
+@dataclass
+class _Prepared:
+    """A batch unpacked by tenant, with what the admission workers are making of it."""
+
+    now: Any
+    letters: list[DeadLetter]
+    refused: list[bool]
+    groups: dict[str, tuple[list[Any], list[tuple[int, int | None]]]]
+    admitted: dict[str, _Admitted]
+
+
 class _RefusedError(Exception):
     """A whole message is refused before it reaches the pipeline."""
 
@@ -628,7 +726,8 @@ def _receive(argv: Sequence[str]) -> None:
 
 
 class _Receiver:
-    """Runs paho in the receiver process: buffers messages, ships batches, sends acks."""
+    """Runs the MQTT connection in the receiver process: buffers messages, ships batches,
+    sends acks in bulk (``civica.ingest.mqtt_wire``)."""
 
     def __init__(self, config: _ReceiverConfig, outbox: Connection, inbox: Connection) -> None:
         self.config = config
@@ -637,13 +736,16 @@ class _Receiver:
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._buffer: list[_Message] = []
-        self._connection = config.first_connection
+        self._connection = config.first_connection + 1
         self._wake = threading.Event()
-        self._subscribed = threading.Event()
         self._unsubscribed = threading.Event()
         self._stopping = threading.Event()
         self._closing = threading.Event()
-        self._client: Any = None
+        self._lost: str | None = None  # why the connection ended, if it did
+        self._out_lock = threading.Lock()
+        self._out: list[bytes] = []  # packets for the network thread to write
+        self._reader = wire.Reader()
+        self._sock: socket.socket | None = None
 
     def _send(self, message: tuple[str, Any]) -> None:
         with self._send_lock:
@@ -656,59 +758,149 @@ class _Receiver:
 
     def run(self) -> None:
         """Connect, subscribe and ship batches until the consumer says close."""
-        # paho is imported here, in the receiver process only: the consumer never needs it.
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         config = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id or "",
-            protocol=mqtt.MQTTv5,
-            manual_ack=config.manual_ack,
-        )
-        self._client = client
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls:
-            client.tls_set()
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_unsubscribe
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.ReceiveMaximum = config.receive_maximum
-        if config.session_expiry:
-            props.SessionExpiryInterval = config.session_expiry
-        clean = False if config.session_expiry else mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        where = f"{config.host}:{config.port}"
         try:
-            client.connect(
-                config.host, config.port, config.keepalive, clean_start=clean, properties=props
-            )
+            sock = wire.open_socket(config.host, config.port, config.tls, timeout=10.0)
         except OSError as err:
-            self._send(
-                ("error", f"cannot reach the MQTT broker {config.host}:{config.port}: {err}")
-            )
+            self._send(("error", f"cannot reach the MQTT broker {where}: {err}"))
             return
-        client.loop_start()
+        self._sock = sock
+        try:
+            refused = self._handshake(sock)
+        except (OSError, wire.ProtocolError) as err:
+            refused = f"the MQTT broker {where} dropped the connection while connecting: {err}"
+        if refused:
+            self._send(("error", refused))
+            sock.close()
+            return
+        self._send(("ready", None))
+        network = threading.Thread(target=self._network, name="civica-mqtt-net", daemon=True)
+        network.start()
         threading.Thread(target=self._commands, name="civica-mqtt-acks", daemon=True).start()
         try:
             self._ship()
         except OSError:  # the consumer is gone; what it did not acknowledge stays at the broker
             pass
         finally:
-            client.disconnect()
-            client.loop_stop()
+            self._queue(wire.DISCONNECT_PACKET)
+            self._closing.set()
+            network.join(5.0)
+            sock.close()
+
+    def _handshake(self, sock: socket.socket) -> str | None:
+        """CONNECT and SUBSCRIBE; None when subscribed, else why not."""
+        config = self.config
+        sock.sendall(
+            wire.connect_packet(
+                config.client_id or "",
+                config.keepalive,
+                clean_start=not config.session_expiry,
+                session_expiry=config.session_expiry,
+                receive_maximum=config.receive_maximum,
+                username=config.username,
+                password=config.password,
+            )
+        )
+        subscribed = False
+        while True:
+            data = sock.recv(_RECV_BYTES)
+            if not data:
+                raise ConnectionError("closed by the broker")
+            # A resumed session's messages may come before the SUBACK: they are kept.
+            for kind, body in self._feed(data):
+                if kind == wire.CONNACK:
+                    code = wire.reason_of(kind, body)
+                    if code >= 0x80:
+                        return f"the MQTT broker refused the connection: {wire.reason_text(code)}"
+                    if not subscribed:
+                        sock.sendall(wire.subscribe_packet(1, config.subscription))
+                        subscribed = True
+                elif kind == wire.SUBACK:
+                    _mid, codes = wire.suback_reasons(body)
+                    failed = [c for c in codes if c >= 0x80]
+                    if failed or not codes:
+                        reason = wire.reason_text(failed[0]) if failed else "no reason code"
+                        return f"subscription to {config.subscription} refused: {reason}"
+                    return None
+                elif kind == wire.DISCONNECT:
+                    code = wire.reason_of(kind, body)
+                    return f"the MQTT broker disconnected: {wire.reason_text(code)}"
+
+    def _feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Decode received bytes: buffer the messages, return the other packets."""
+        config = self.config
+        limit = config.max_payload
+        connection = self._connection
+        got: list[_Message] = []
+        auto: list[int] = []
+
+        def on_publish(topic: str, payload: bytes, mid: int, qos: int) -> None:
+            size = len(payload)
+            if size > limit:
+                payload = payload[:DEAD_LETTER_PAYLOAD]
+            got.append((topic, payload, size, mid, qos, connection))
+            if qos and not config.manual_ack:
+                auto.append(mid)
+
+        others = self._reader.feed(data, on_publish)
+        if got:
+            with self._lock:
+                self._buffer.extend(got)
+                full = len(self._buffer) >= config.batch_size
+            if full:
+                self._wake.set()
+        if auto:
+            self._queue(wire.pubacks(auto))
+        return others
+
+    def _queue(self, packet: bytes) -> None:
+        with self._out_lock:
+            self._out.append(packet)
+
+    def _network(self) -> None:
+        """Read and write the socket until closing or until the connection is lost."""
+        sock = self._sock
+        assert sock is not None
+        sock.settimeout(_POLL_S)
+        keepalive = self.config.keepalive
+        last_sent = time.monotonic()
+        try:
+            while True:
+                with self._out_lock:
+                    out, self._out = self._out, []
+                if out:
+                    sock.sendall(b"".join(out))
+                    last_sent = time.monotonic()
+                if self._closing.is_set():
+                    with self._out_lock:
+                        if not self._out:
+                            return
+                    continue
+                try:
+                    data = sock.recv(_RECV_BYTES)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    raise ConnectionError("closed by the broker")
+                if data:
+                    for kind, body in self._feed(data):
+                        if kind == wire.UNSUBACK:
+                            self._unsubscribed.set()
+                        elif kind == wire.DISCONNECT:
+                            code = wire.reason_of(kind, body)
+                            raise ConnectionError(f"disconnected: {wire.reason_text(code)}")
+                if keepalive and time.monotonic() - last_sent > keepalive / 2:
+                    self._queue(wire.PINGREQ_PACKET)
+        except (OSError, wire.ProtocolError) as err:
+            if not self._closing.is_set():
+                # This receiver ends; the consumer starts another (see MqttIngest._respawn).
+                self._lost = f"connection to the MQTT broker lost ({err})"
+                self._stopping.set()
+                self._wake.set()
 
     def _ship(self) -> None:
         """Ship the buffer to the consumer in batches until told to stop."""
-        if not self._subscribed.wait(30.0):
-            self._send(("error", "the broker did not answer the subscription"))
-            return
         while True:
             stopping = self._stopping.is_set()
             if not stopping:
@@ -720,31 +912,31 @@ class _Receiver:
                 self._send(("batch", batch))
             elif stopping:
                 break
+        if self._lost is not None:
+            self._send(("error", self._lost))  # the consumer replaces this receiver
+            return
         self._send(("finished", None))
         # The consumer's last acks arrive before its "close"; they go out before DISCONNECT.
         self._closing.wait()
 
     def _commands(self) -> None:
         """Carry out what the consumer says: acknowledge, stop, close."""
-        client = self._client
         try:
             while True:
                 kind, body = self._inbox.recv()
                 if kind == "ack":
-                    with self._lock:
-                        current = self._connection
-                    for mid, conn in body:
-                        # An id from an earlier connection may now name another message; the
-                        # broker redelivers (or has dropped) the old one.
-                        if conn == current:
-                            client.ack(mid, 1)
+                    current = self._connection
+                    # An id from an earlier receiver's connection may now name another message;
+                    # the broker redelivers (or has dropped) the old one.
+                    mids = [mid for mid, conn in body if conn == current]
+                    if mids:
+                        self._queue(wire.pubacks(mids))
                 elif kind == "stop":
                     # Unsubscribe first so the last batch is final: the broker sends nothing
                     # after its UNSUBACK, and what it sent before is already buffered.
-                    if client.is_connected():
-                        rc, _ = client.unsubscribe(self.config.subscription)
-                        if rc == 0:
-                            self._unsubscribed.wait(5.0)
+                    if self._lost is None:
+                        self._queue(wire.unsubscribe_packet(2, self.config.subscription))
+                        self._unsubscribed.wait(5.0)
                     self._stopping.set()
                     self._wake.set()
                 elif kind == "close":
@@ -753,58 +945,7 @@ class _Receiver:
             pass
         self._stopping.set()
         self._wake.set()
-        self._subscribed.set()
         self._closing.set()
-
-    # paho callbacks, on paho's network thread: keep them short.
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._send(("error", f"the MQTT broker refused the connection: {reason}"))
-            self._closing.set()
-            self._stopping.set()
-            self._subscribed.set()
-            return
-        with self._lock:
-            self._connection += 1
-        client.subscribe(self.config.subscription, qos=1)
-
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        failed = [r for r in reasons if r.is_failure]
-        if failed:
-            self._send(
-                ("error", f"subscription to {self.config.subscription} refused: {failed[0]}")
-            )
-            self._stopping.set()
-            self._closing.set()
-        elif not self._subscribed.is_set():
-            self._send(("ready", None))
-        self._subscribed.set()
-
-    def _on_unsubscribe(
-        self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any
-    ) -> None:
-        self._unsubscribed.set()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        if not self._closing.is_set():
-            self._log(logging.WARNING, f"connection lost ({reason}); reconnecting")
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = "\ufffd"  # refused by the consumer: no valid topic looks like this
-        payload = message.payload
-        size = len(payload)
-        if size > self.config.max_payload:
-            payload = payload[:DEAD_LETTER_PAYLOAD]
-        with self._lock:
-            self._buffer.append((topic, payload, size, message.mid, message.qos, self._connection))
-            full = len(self._buffer) >= self.config.batch_size
-        if full:
-            self._wake.set()
 
 
 if __name__ == "__main__":
