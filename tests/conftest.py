@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from civica.api.services import Services
 from civica.app import build_services
+from civica.domains.traffic.scenarios import Scenario
 from civica.storage import DuckDBStore
 from tests.livesrv import LiveServer, serve
 
@@ -63,3 +65,19 @@ def sumo_pids(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(twin_module, "SumoEngine", Spy)
     return pids
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Services]:
+    """The platform's services over a fresh DuckDB file."""
+    store = DuckDBStore(tmp_path / "city.duckdb")
+    yield build_services(store)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
+    """A signalised netconvert crossroads with traffic (one per test module)."""
+    from tests.test_traffic_control import _crossroads
+
+    return _crossroads(tmp_path_factory.mktemp("crossroads"), "traffic_light")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,17 +33,9 @@ from civica.domains.traffic.incidents import (
 from civica.domains.traffic.scenarios import Scenario
 from civica.domains.traffic.twin import ScriptedIncident, run_live
 from civica.storage import DuckDBStore
-from tests.test_traffic_control import _crossroads
 
 T0 = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    store = DuckDBStore(tmp_path / "city.duckdb")
-    yield build_services(store)
-    store.close()
 
 
 def _alerts(services: Services) -> list[dict[str, object]]:
@@ -184,11 +175,6 @@ def _v(entity: dict[str, object], name: str) -> object:
     attr = entity[name]
     assert isinstance(attr, dict)
     return attr["value"]
-
-
-@pytest.fixture(scope="module")
-def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    return _crossroads(tmp_path_factory.mktemp("jam"), "traffic_light")
 
 
 def test_normal_traffic_raises_no_alert(crossroads: Scenario, services: Services) -> None:

@@ -95,11 +95,6 @@ def _crossroads(folder: Path, junction_type: str, lead_in_m: float | None = None
     return from_files(net, (routes,), name="crossroads")
 
 
-@pytest.fixture(scope="module")
-def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    return _crossroads(tmp_path_factory.mktemp("tls"), "traffic_light")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,29 +12,15 @@ from pathlib import Path
 import pytest
 
 from civica.api.services import Services
-from civica.app import build_services
 from civica.core.store import ObservationQuery
 from civica.domains.traffic.engine import SumoDisconnectedError, sumo_binary
 from civica.domains.traffic.ids import flow_id
 from civica.domains.traffic.scenarios import Scenario, ScenarioError, from_files
 from civica.domains.traffic.twin import TwinError, run_twin
-from civica.storage import DuckDBStore
-from tests.test_traffic_control import _alive, _crossroads
+from tests.test_traffic_control import _alive
 
 MEASURES = ("intensity", "occupancy", "averageVehicleSpeed", "queueLength")
 START = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    return _crossroads(tmp_path_factory.mktemp("twin"), "traffic_light")
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    store = DuckDBStore(tmp_path / "city.duckdb")
-    yield build_services(store)
-    store.close()
 
 
 def test_lane_detectors_become_stored_readings(crossroads: Scenario, services: Services) -> None:

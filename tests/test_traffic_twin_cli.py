@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from click.testing import CliRunner, Result
 
 import civica.domains.traffic.twin as twin_module
 from civica.api.services import Services
-from civica.app import build_services
 from civica.cli import main
 from civica.core.store import EntityQuery, ObservationQuery
 from civica.domains.traffic.engine import SumoEngine
@@ -21,23 +19,11 @@ from civica.domains.traffic.ids import TRAFFIC_FLOW, flow_id
 from civica.domains.traffic.scenarios import Scenario
 from civica.domains.traffic.twin import TwinError, check_run, pace_delay, run_twin
 from civica.storage import DuckDBStore
-from tests.test_traffic_control import _alive, _crossroads
+from tests.test_traffic_control import _alive
 
 MEASURES = ("intensity", "occupancy", "averageVehicleSpeed", "queueLength")
 START = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 NAME = "x"  # the crossroads given as --net x.net.xml is named after the file
-
-
-@pytest.fixture(scope="module")
-def crossroads(tmp_path_factory: pytest.TempPathFactory) -> Scenario:
-    return _crossroads(tmp_path_factory.mktemp("twin-cli"), "traffic_light")
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Services]:
-    store = DuckDBStore(tmp_path / "city.duckdb")
-    yield build_services(store)
-    store.close()
 
 
 class Engines:

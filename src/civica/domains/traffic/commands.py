@@ -117,7 +117,8 @@ def _progress() -> Progress:
 
 
 def _scenario_options(command: Callable[..., None]) -> Callable[..., None]:
-    """--scenario | --sumocfg | --net with --routes: what :func:`_scenario` resolves."""
+    """--scenario | --sumocfg | --net with --routes (what :func:`_scenario` resolves), and the
+    run's --seed and --demand-scale."""
     for option in reversed(
         (
             click.option(
@@ -128,6 +129,8 @@ def _scenario_options(command: Callable[..., None]) -> Callable[..., None]:
             click.option(
                 "--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True
             ),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--demand-scale", type=float, default=1.0, show_default=True),
         )
     ):
         command = option(command)
@@ -148,8 +151,6 @@ def traffic() -> None:
     show_default=True,
 )
 @click.option("--seconds", type=float, default=3600.0, show_default=True, help="Simulated.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--demand-scale", type=float, default=1.0, show_default=True)
 @click.option(
     "--hand-back",
     "hand_backs",
@@ -227,8 +228,6 @@ def _alert_counts(watch: CongestionWatch) -> dict[str, int]:
     show_default=True,
     help="Simulated seconds per wall-clock second (1 = real time, 0 = as fast as possible).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--demand-scale", type=float, default=1.0, show_default=True)
 @click.option(
     "--detector",
     "detectors",
