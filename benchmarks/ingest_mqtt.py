@@ -44,9 +44,11 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from civica.app import build_services
+from civica.cli import _tune_gc_for_serving
 from civica.core.store import ObservationQuery
+from civica.ingest.admission import AdmissionPool
 from civica.ingest.mqtt import MqttIngest, MqttStats
-from civica.ingest.pipeline import Ingest
 from civica.storage import DuckDBStore
 
 ENTITY_TYPE = "WaterObserved"
@@ -179,8 +181,15 @@ def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
     root = "civica"
     db = tmp / "bench.duckdb"
     store = DuckDBStore(db)
+    # What ``civica serve --mqtt`` builds: the app's Ingest with its admission workers, and
+    # the serving process's garbage-collector settings.
+    ingest = build_services(store).ingest
+    _tune_gc_for_serving()
+    pool = None
+    if args.ingest_workers:
+        pool = ingest.admission = AdmissionPool(ingest.gate, args.ingest_workers)
     consumer = MqttIngest(
-        Ingest(store),
+        ingest,
         f"mqtt://{host}:{port}",
         topic_root=root,
         group=f"bench-{uuid.uuid4().hex[:8]}",
@@ -202,6 +211,8 @@ def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         done_at, stats = _watch(consumer, args.messages)
     finally:
         consumer.stop()
+        if pool is not None:
+            pool.close()
     published = json.loads(pub.stdout.readline() or "{}")
     pub.wait(30)
     # Counted through the Store protocol, which knows where its backend keeps recent rows.
@@ -231,6 +242,7 @@ def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         else None,
         "broker": args.broker or "private mosquitto (max_queued_messages 0)",
         "store": "DuckDBStore (file in a temp dir)",
+        "ingest_workers": args.ingest_workers,
         "cpus": os.cpu_count(),
         "target_messages_per_s": TARGET,
         "met": stored == args.messages and stored / seconds >= TARGET,
@@ -274,6 +286,12 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=10_000, help="distinct sensors")
     parser.add_argument("--batch-size", type=int, default=2_000, help="MqttIngest batch size")
     parser.add_argument("--linger", type=float, default=0.05, help="MqttIngest linger (s)")
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="admission worker processes, as civica serve starts them (0: none)",
+    )
     parser.add_argument("--broker", help="use this broker (mqtt://host:port), not a private one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="civica-mqtt-bench-") as name:
