@@ -175,6 +175,64 @@ def private_broker(tmp: Path) -> Iterator[tuple[str, int]]:
         proc.wait(10)
 
 
+# ---- where the CPU went ---------------------------------------------------------------------
+def _process_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds so far of this process and every descendant: {pid: (role, seconds)}.
+
+    Linux only (``/proc``); elsewhere it is empty. The roles are told apart by command line.
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    lines: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            raw = (entry / "cmdline").read_bytes()
+            command = raw.replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        lines[pid] = command
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in mine} - mine
+        grew = bool(found)
+        mine |= found
+    return {pid: (_role(pid, lines[pid]), cpu[pid]) for pid in mine}
+
+
+def _role(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "consumer process (merge, write)"
+    if "mosquitto" in command:
+        return "broker"
+    if "ingest_mqtt.py publish" in command:
+        return "load generator"
+    if "civica.ingest" in command:
+        return "MQTT receiver"
+    if "multiprocessing" in command and "resource_tracker" not in command:
+        return "admission workers"
+    return "other"
+
+
+def _cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float
+) -> dict[str, float]:
+    """Share of one core each role used between two snapshots (1.0 = one whole core)."""
+    used: dict[str, float] = {}
+    for pid, (role, total) in after.items():
+        # A process that has ended keeps its CPU time until it is reaped, but not its
+        # command line: it keeps the role it had at the start.
+        was, then = before.get(pid, (role, 0.0))
+        used[was] = used.get(was, 0.0) + total - then
+    return {role: round(t / seconds, 2) for role, t in sorted(used.items()) if t > 0}
+
+
 # ---- the run -------------------------------------------------------------------------------------
 def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     tenant = f"bench{uuid.uuid4().hex[:12]}"
@@ -206,9 +264,11 @@ def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         raise RuntimeError("the publisher failed to start")
     consumer.start()
     try:
+        cpu_before, went = _process_cpu(), time.monotonic()
         pub.stdin.write("go\n")
         pub.stdin.flush()
         done_at, stats = _watch(consumer, args.messages)
+        cpu = _cpu_between(cpu_before, _process_cpu(), time.monotonic() - went)
     finally:
         consumer.stop()
         if pool is not None:
@@ -243,6 +303,10 @@ def run(host: str, port: int, tmp: Path, args: argparse.Namespace) -> dict[str, 
         "broker": args.broker or "private mosquitto (max_queued_messages 0)",
         "store": "DuckDBStore (file in a temp dir)",
         "ingest_workers": args.ingest_workers,
+        # Cores each part used while the messages flowed: the broker and the load generator
+        # share the machine's two cores with the consumer.
+        "cores_used": cpu,
+        "cores_used_total": round(sum(cpu.values()), 2),
         "cpus": os.cpu_count(),
         "target_messages_per_s": TARGET,
         "met": stored == args.messages and stored / seconds >= TARGET,

@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from civica.core.bus import EntityChanged
 from civica.core.entity import Observation
 from civica.core.store import DeadLetter, EntityQuery, ObservationQuery, Store, StoredEntity
 from civica.ingest.mqtt import MqttIngest
@@ -550,6 +551,66 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
         assert sum("macAddress" in r for r in reasons) == 1
     finally:
         pool.close()
+
+
+class SlowFlakyStore(DuckDBStore):
+    """A DuckDB store whose writes take a while, except the 3rd and 6th, which fail at once:
+    the consumer merges the next batch while one is written, or just after it failed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.calls = 0
+
+    def write_prepared(self, writes: Sequence[Any]) -> None:
+        self.calls += 1
+        if self.calls in (3, 6):
+            raise OSError("database unavailable")
+        time.sleep(0.03)
+        super().write_prepared(writes)
+
+
+@services
+def test_a_write_that_fails_while_the_next_batch_is_merged_is_stored_again_in_order(
+    tmp_path: Path, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    store = SlowFlakyStore(tmp_path / "flaky.duckdb")
+    ingest = Ingest(store)
+    states: list[tuple[str, float]] = []  # the stored states, in the order they were written
+    ingest.bus.subscribe(
+        lambda e: (
+            states.append((e.entity["id"], e.entity["pressure"]["value"]))
+            if isinstance(e, EntityChanged)
+            else None
+        )
+    )
+    try:
+        running = consumer(store, ingest=ingest, batch_size=20, linger=0.02, retry_delay=0.01)
+        start = datetime(2024, 5, 1, tzinfo=UTC)
+        for k in range(100):
+            for s in (1, 2, 3):
+                stamp = (start + timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
+                reading = {"type": "Property", "value": float(k), "observedAt": stamp}
+                publish(f"{root}/{tenant}/{WATER}/{sensor(s)}", {"pressure": reading})
+        wait_for(settled(running, 300), "300 messages", timeout=60)
+
+        stats = running.stats()
+        assert (stats.accepted, stats.dead_lettered) == (300, 0)
+        # Two failed transactions; one may have held two batches, each counted.
+        assert stats.store_failures >= 2
+        stored = entities(store, tenant)
+        assert {eid: s.entity["pressure"]["value"] for eid, s in stored.items()} == {
+            sensor(1): 99.0,
+            sensor(2): 99.0,
+            sensor(3): 99.0,
+        }
+        history = sorted((o.entity_id, o.observed_at) for o in readings(store, tenant))
+        assert len(history) == 300 and len(set(history)) == 300  # all kept, none twice
+        # No batch was written after a later one: each sensor's state only ever went up.
+        for s in (1, 2, 3):
+            mine = [value for eid, value in states if eid == sensor(s)]
+            assert mine == sorted(mine), mine
+    finally:
+        store.close()
 
 
 def _own_broker(port: int, conf: Path) -> subprocess.Popen[bytes]:

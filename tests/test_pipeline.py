@@ -523,3 +523,86 @@ def test_concurrent_upserts_each_get_their_own_outcome(rig: Rig) -> None:
         eid = f"urn:ngsi-ld:WaterObserved:c{i}"
         shapes = [set(e.entity) for e in rig.events if e.entity["id"] == eid]
         assert all(a <= b for a, b in itertools.pairwise(shapes)), shapes
+
+
+def test_a_merge_never_changes_the_state_it_merged_on(rig: Rig) -> None:
+    """The DuckDB store hands merges the states it keeps (``shared=True``), not copies: a
+    merge must build new documents, and a plain read must still get its own copy."""
+    import copy
+
+    rig.ingest.upsert("default", [water(pressure=prop(1.0), flow=prop(0.2))])
+    kept = rig.store.get_entities("default", [W1], shared=True)[W1]
+    before = copy.deepcopy(kept.entity)
+    rig.ingest.upsert("default", [water(pressure=prop(2.0))])
+    rig.ingest.upsert("default", [water(flow=prop(0.3), temperature=prop(11.0))], replace=True)
+    assert kept.entity == before
+    assert values(rig.entity(W1)) == {"flow": 0.3, "temperature": 11.0}
+    mine = rig.store.get_entities("default", [W1])[W1]
+    mine.entity["flow"]["value"] = 99.0
+    mine.entity.pop("temperature")
+    assert values(rig.entity(W1)) == {"flow": 0.3, "temperature": 11.0}
+
+
+def values(entity: dict[str, Any]) -> dict[str, Any]:
+    return {k: v["value"] for k, v in entity.items() if k not in ("id", "type")}
+
+
+def test_upserts_begun_in_turn_are_written_in_turn(rig: Rig) -> None:
+    """``begin_upsert`` merges now and writes on ``finish``: the second is merged on the
+    first before either is written, and whoever finishes first writes both, in order."""
+    first = rig.ingest.begin_upsert("default", [rig.ingest.admit(water(pressure=prop(1.0)))])
+    second = rig.ingest.begin_upsert("default", [rig.ingest.admit(water(flow=prop(0.5)))])
+    assert W1 not in rig.store.get_entities("default", [W1])  # nothing written yet
+    assert second.finish().updated == [W1]
+    assert first.finish().created == [W1]
+    assert values(rig.entity(W1)) == {"pressure": 1.0, "flow": 0.5}
+    assert [(e.created, sorted(e.changed)) for e in rig.events] == [
+        (True, ["pressure"]),
+        (False, ["flow"]),
+    ]
+
+
+class _FailOnce:
+    """Wraps a store: its next ``write_prepared`` fails."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def write_prepared(self, writes: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise OSError("database unavailable")
+        self.store.write_prepared(writes)
+
+
+def test_an_upsert_merged_after_a_failed_write_can_be_abandoned(rig: Rig) -> None:
+    """What the MQTT consumer does when a batch fails while the next is merged: the next was
+    merged on the stored state, but it must not be written before the failed one is sent
+    again. Abandoned, it is not written and leaves nothing behind."""
+    store = _FailOnce(rig.store)
+    ingest = Ingest(store, bus=rig.bus, clock=rig.clock)  # type: ignore[arg-type]
+    ingest.upsert("default", [water(pressure=prop(1.0))])
+    store.armed = True
+    failed = ingest.begin_upsert("default", [ingest.admit(water(pressure=prop(2.0)))])
+    with pytest.raises(OSError):
+        failed.finish()
+    later = ingest.begin_upsert("default", [ingest.admit(water(flow=prop(0.5)))])
+    with pytest.raises(Problem) as refused:
+        later.abandon()
+    assert refused.value.kind.name == "WriteNotStored"
+    assert values(rig.entity(W1)) == {"pressure": 1.0}
+    assert [(a, v) for _e, a, v, _t in rig.history()] == [("pressure", 1.0)]
+    # Sent again in order, both are stored; nothing abandoned lingers in the merge state.
+    ingest.upsert("default", [water(pressure=prop(2.0))])
+    ingest.upsert("default", [water(flow=prop(0.5))])
+    assert values(rig.entity(W1)) == {"pressure": 2.0, "flow": 0.5}
+    assert len(rig.history()) == 3
+    # Abandoning an upsert that is written already changes nothing and gives its outcome.
+    done = ingest.begin_upsert("default", [ingest.admit(water(flow=prop(0.7)))])
+    assert done.finish().updated == [W1]
+    assert done.abandon().updated == [W1]
+    assert values(rig.entity(W1)) == {"pressure": 2.0, "flow": 0.7}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from civica.core.entity import parse_entity
 from civica.core.problems import BAD_REQUEST_DATA, PRIVACY_VIOLATION, Problem, ProblemKind
@@ -370,3 +372,71 @@ def test_person_derived_data_is_kept_for_less_time() -> None:
     assert counted is not None
     assert counted.person_derived
     assert counted.retention_days <= 90
+
+
+# ---- the fast path for plain readings ------------------------------------------------------
+_NAMES = ["pressure", "flow"] * 6 + [
+    "temperature", "illuminance", "conductivity", "location", "scope", "name", "macAddress",
+    "faceImage", "undeclaredThing", "bad name", "dateObserved", "refDevice", "ph",
+]  # fmt: skip
+_VALUES = st.one_of(
+    st.floats(0, 50),  # most readings are in range
+    st.floats(0, 50),
+    st.floats(0, 50),
+    st.integers(0, 20),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.just(MAC),
+)
+_IDS = st.sampled_from(
+    ["urn:ngsi-ld:WaterObserved:w1"] * 8
+    + ["no-uri", f"urn:x:{MAC}", "urn:ngsi-ld:X:" + "y" * 300, 7]
+)
+_TYPES = st.sampled_from(
+    ["WaterObserved"] * 6 + ["WaterQualityObserved", "Unknown", "faceImage", 3]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    eid=_IDS,
+    etype=_TYPES,
+    attrs=st.dictionaries(st.sampled_from(_NAMES), _VALUES, max_size=3),
+)
+def test_the_plain_reading_path_agrees_with_the_full_path(
+    eid: Any, etype: Any, attrs: dict[str, Any]
+) -> None:
+    """``admit_readings`` answers only for documents the full path admits, and then with
+    exactly what the full path gives; for anything else (refusals included) it says None."""
+    gate = PrivacyGate()
+    doc = {"id": eid, "type": etype, **attrs}
+    fast = gate.admit_readings(dict(doc))
+    try:
+        full: Any = gate.admit(parse_entity(dict(doc), key_values=True))
+    except Problem:
+        full = None
+    event("admitted by the plain path" if fast is not None else "left to the full path")
+    if fast is not None:
+        assert full is not None
+        assert fast == full
+        assert list(fast) == list(full)  # the same attribute order
+        for name in fast:
+            if name not in ("id", "type"):
+                assert list(fast[name]) == list(full[name])
+                assert type(fast[name]["value"]) is type(full[name]["value"])
+
+
+def test_the_plain_reading_path_takes_the_usual_sensor_message() -> None:
+    gate = PrivacyGate()
+    doc = {"id": "urn:ngsi-ld:WaterObserved:w1", "type": "WaterObserved", "pressure": 3}
+    doc["flow"] = 0.5
+    fast = gate.admit_readings(doc)
+    assert fast is not None
+    assert fast == gate.admit(parse_entity(doc, key_values=True))
+    assert fast["pressure"]["value"] == 3.0 and type(fast["pressure"]["value"]) is float
+    # A reading out of range, or any attribute that is not a plain number, takes the full path.
+    assert gate.admit_readings({**doc, "pressure": -500}) is None
+    assert gate.admit_readings({**doc, "name": "hydrant 4"}) is None

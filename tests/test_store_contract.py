@@ -63,8 +63,10 @@ class ReopeningStore:
     def tenants(self) -> list[str]:
         return self.inner.tenants()
 
-    def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
-        return self.inner.get_entities(tenant, ids)
+    def get_entities(
+        self, tenant: str, ids: Sequence[str], *, shared: bool = False
+    ) -> dict[str, StoredEntity]:
+        return self.inner.get_entities(tenant, ids, shared=shared)
 
     def write(
         self, tenant: str, entities: Sequence[StoredEntity], observations: Sequence[Observation]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +80,13 @@ class EventBus:
                 handler(event)
             except Exception:  # a failing consumer must never break ingest
                 log.exception("event handler %r failed", handler)
+
+    def publish_all(self, events: Sequence[Any]) -> None:
+        """``publish`` each event, in order (a batch's events: one look at the handlers)."""
+        handlers = list(self._handlers)
+        for event in events:
+            for handler in handlers:
+                try:
+                    handler(event)
+                except Exception:  # a failing consumer must never break ingest
+                    log.exception("event handler %r failed", handler)

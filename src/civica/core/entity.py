@@ -64,10 +64,15 @@ class Observation(NamedTuple):
     unit: str | None
 
 
+def is_entity_id(value: str) -> bool:
+    """Whether a string is a valid entity id: a URI of at most ``MAX_ID_LENGTH`` characters."""
+    return len(value) <= MAX_ID_LENGTH and _IRI_RE.match(value) is not None
+
+
 def check_entity_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise bad_request("entity 'id' must be a non-empty string (a URI)")
-    if len(value) > MAX_ID_LENGTH or not _IRI_RE.match(value):
+    if not is_entity_id(value):
         raise bad_request(f"entity id {value[:80]!r} is not a URI of at most {MAX_ID_LENGTH} chars")
     return value
 

@@ -139,7 +139,14 @@ class Store(Protocol):
 
     def tenants(self) -> list[str]: ...
 
-    def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]: ...
+    def get_entities(
+        self, tenant: str, ids: Sequence[str], *, shared: bool = False
+    ) -> dict[str, StoredEntity]:
+        """The stored states of ``ids`` that exist.
+
+        ``shared=True`` promises that the caller never changes the returned documents (the
+        ingest merge builds new ones), so a backend may hand out the objects it keeps.
+        """
 
     def write(
         self,

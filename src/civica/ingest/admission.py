@@ -38,6 +38,10 @@ def admit(gate: PrivacyGate, doc: Any, ctx: LdContext, key_values: bool | None) 
     """Parse and gate one entity document; raise a Problem if it is refused."""
     if key_values is None:
         key_values = isinstance(doc, dict) and not looks_normalized(doc)
+    if key_values and ctx.is_core and type(doc) is dict:
+        fast = gate.admit_readings(doc)
+        if fast is not None:
+            return fast
     return gate.admit(parse_entity(doc, ctx, key_values=key_values))
 
 

@@ -45,7 +45,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any, Self
@@ -54,10 +55,17 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from civica.core.ldcontext import CORE, LdContext
-from civica.core.problems import INTERNAL_ERROR, PAYLOAD_TOO_LARGE, Problem, bad_request
+from civica.core.problems import (
+    INTERNAL_ERROR,
+    PAYLOAD_TOO_LARGE,
+    WRITE_NOT_STORED,
+    Problem,
+    bad_request,
+)
 from civica.core.store import DeadLetter
 from civica.ingest import mqtt_wire as wire
-from civica.ingest.pipeline import BatchOutcome, Ingest
+from civica.ingest.admission import admit_all
+from civica.ingest.pipeline import BatchOutcome, BegunUpsert, Ingest
 
 log = logging.getLogger(__name__)
 
@@ -346,63 +354,105 @@ class MqttIngest:
     def _run(self) -> None:
         finished = False  # the receiver shipped its last batch
         stuck = 0
-        while True:
-            if not finished:
-                try:
-                    finished = self._pull(0.0 if self._pending else 0.2)
-                except Exception as err:  # EOF or a broken pipe: the receiver is gone
-                    if self._stopping.is_set():
-                        finished = True
-                    else:
-                        if not isinstance(err, EOFError | OSError):
-                            log.exception("reading from the MQTT receiver failed")
-                        self._respawn()
-                        continue
-            with self._lock:
-                pending, size = self._pending, self.batch_size
-                if self._ahead is not None and pending and pending[0] is self._ahead[0][0]:
-                    size = len(self._ahead[0])  # exactly the batch prepared ahead
-                batch = pending[:size]
-                following = pending[len(batch) : len(batch) + self.batch_size]
-            if not batch:
-                if finished:
+        # The batch merged last, being written by the writer thread while the next one is
+        # unpacked and merged here (the database lets go of the GIL while it writes).
+        flight: _Flight | None = None
+        writer = ThreadPoolExecutor(1, thread_name_prefix="civica-mqtt-write")
+        try:
+            while True:
+                if not finished:
+                    skip = len(flight.batch) if flight is not None else 0
+                    busy = flight is not None or len(self._pending) > skip
+                    try:
+                        finished = self._pull(0.0 if busy else 0.2, skip)
+                    except Exception as err:  # EOF or a broken pipe: the receiver is gone
+                        if self._stopping.is_set():
+                            finished = True
+                        else:
+                            if not isinstance(err, EOFError | OSError):
+                                log.exception("reading from the MQTT receiver failed")
+                            self._respawn()
+                            continue
+                batch, following = self._next_batch(flight)
+                if not batch and flight is None:
+                    if finished:
+                        break
+                    continue
+                merged: _Flight | None = None
+                failed = False
+                if batch:
+                    try:
+                        prepared = self._prepared_ahead(batch)
+                        if following and self._offloading:
+                            # The admission workers parse the batch after this one meanwhile.
+                            self._ahead = (following, self._prepare(following))
+                        merged = self._begin(batch, prepared)
+                    except Exception:  # a bug here must not end consumption: keep the messages
+                        log.exception("an MQTT batch failed; it is retried")
+                        failed = True
+                left: list[_Message] = []
+                landed = 0
+                if flight is not None:
+                    flight.done.wait()
+                    if merged is not None and flight.store_again:
+                        # It was merged on states that were not written: refuse its write,
+                        # and store it again after the batch before it.
+                        merged.abandon()
+                    left, landed, flight = self._land_safely(flight), len(flight.batch), None
+                if merged is not None and (left or merged.done.is_set()):
+                    merged.write()  # here, in order, behind messages that come back
+                    left += self._land_safely(merged)
+                    landed += len(merged.batch)
+                    merged = None
+                # What the store refused even as dead letters stays, unacknowledged, at the
+                # front for another try: it is never acknowledged without having been kept.
+                if landed:
+                    with self._lock:
+                        self._pending[:landed] = left
+                if merged is not None:
+                    flight = merged
+                    writer.submit(merged.write)
+                    continue
+                if not left and not failed:
+                    stuck = 0
+                    continue
+                stuck += 1
+                if (finished or self._stopping.is_set()) and stuck > self.retries:
+                    log.error(
+                        "stopping with %d MQTT messages neither stored nor dead-lettered; "
+                        "they stay unacknowledged at the broker",
+                        len(self._pending),
+                    )
                     break
-                continue
-            try:
-                prepared = self._prepared_ahead(batch)
-                if following and self._offloading:
-                    # The admission workers parse the next batch while this one is merged
-                    # and written; batches are still stored in the order they came.
-                    self._ahead = (following, self._prepare(following))
-                left = self._settle(batch, prepared)
-            except Exception:  # a bug here must not end consumption: keep the messages
-                log.exception("an MQTT batch failed; it is retried")
-                left = batch
-            # What the store refused even as dead letters stays, unacknowledged, at the front
-            # for another try: it is never acknowledged without having been kept.
-            with self._lock:
-                self._pending[: len(batch)] = left
-            if not left:
-                stuck = 0
-                continue
-            stuck += 1
-            if (finished or self._stopping.is_set()) and stuck > self.retries:
-                log.error(
-                    "stopping with %d MQTT messages neither stored nor dead-lettered; "
-                    "they stay unacknowledged at the broker",
-                    len(self._pending),
-                )
-                break
-            self._stopping.wait(self.retry_delay * min(2**stuck, 50))
+                self._stopping.wait(self.retry_delay * min(2**stuck, 50))
+        finally:
+            if flight is not None:  # only after a bug: let the write end before closing
+                flight.done.wait()
+            writer.shutdown(wait=True)
         self._tell(("close", None))
 
-    def _pull(self, timeout: float) -> bool:
-        """Take what the receiver shipped into the pending list; True once it has finished."""
+    def _next_batch(self, flight: _Flight | None) -> tuple[list[_Message], list[_Message]]:
+        """The next batch after the one in flight, and the batch after that."""
+        with self._lock:
+            pending, size = self._pending, self.batch_size
+            skip = len(flight.batch) if flight is not None else 0
+            ahead = self._ahead
+            if ahead is not None and len(pending) > skip and pending[skip] is ahead[0][0]:
+                size = len(ahead[0])  # exactly the batch prepared ahead
+            batch = pending[skip : skip + size]
+            after = skip + len(batch)
+            return batch, pending[after : after + self.batch_size]
+
+    def _pull(self, timeout: float, skip: int = 0) -> bool:
+        """Take what the receiver shipped into the pending list; True once it has finished.
+
+        ``skip`` messages at the front are in flight already.
+        """
         inbox = self._inbox
         if inbox is None:
             raise EOFError
         # Two batches' worth when the next one is prepared while this one is stored.
-        wanted = self.batch_size * (2 if self._offloading else 1)
+        wanted = skip + self.batch_size * (2 if self._offloading else 1)
         while len(self._pending) < wanted and inbox.poll(timeout):
             timeout = 0.0
             kind, body = inbox.recv()
@@ -454,21 +504,73 @@ class MqttIngest:
         return _Prepared(now, letters, refused, groups, admitted)
 
     def _settle(self, batch: list[_Message], prepared: _Prepared | None = None) -> list[_Message]:
-        """Store a batch, dead-letter what fails, ack what is settled; return what is not."""
+        """Store a batch now, dead-letter what fails, ack what is settled; return what is not."""
+        flight = self._begin(batch, prepared)
+        flight.write()
+        return self._land(flight)
+
+    def _begin(self, batch: list[_Message], prepared: _Prepared | None = None) -> _Flight:
+        """Admit a batch (or take what the workers admitted) and merge it, one part a tenant.
+
+        Store errors do not raise here: they come out of ``_Flight.write``.
+        """
         if prepared is None:
             prepared = self._prepare(batch)
-        now, letters, refused, groups = (
-            prepared.now,
-            prepared.letters,
-            prepared.refused,
-            prepared.groups,
-        )
+        parts: list[_Part] = []
+        try:
+            for tenant, (docs, owners) in prepared.groups.items():
+                admitted = prepared.admitted.get(tenant)
+                answer = None
+                if admitted is not None:
+                    try:
+                        answer = admitted()
+                    except Exception:  # the workers failed (not the documents): admitted here
+                        log.exception("MQTT batch admission failed in the workers")
+                if answer is None:
+                    entities, errors = admit_all(self.ingest.gate, docs, self.ctx, None)
+                    readings = None
+                else:
+                    entities, errors, readings = answer
+                begun = self.ingest.begin_upsert(tenant, entities, readings=readings)
+                parts.append(_Part(tenant, docs, owners, list(errors), begun))
+        except BaseException:
+            # The whole batch is tried again later: what was merged of it is never written.
+            for part in parts:
+                with contextlib.suppress(Exception):
+                    part.begun.abandon()
+            raise
+        return _Flight(batch, prepared, parts)
+
+    def _land_safely(self, flight: _Flight) -> list[_Message]:
+        try:
+            return self._land(flight)
+        except Exception:  # a bug here must not end consumption: keep the messages
+            log.exception("an MQTT batch failed; it is retried")
+            return flight.batch
+
+    def _land(self, flight: _Flight) -> list[_Message]:
+        """After its write: store again what failed, dead-letter what was refused, ack what
+        is settled; return the messages that are not."""
+        batch, prepared = flight.batch, flight.prepared
+        now, letters, refused = prepared.now, prepared.letters, prepared.refused
         entities = 0
-        for tenant, (docs, owners) in groups.items():
-            try:
-                failures = self._store(tenant, docs, prepared.admitted.get(tenant))
-            except Exception:
-                failures = self._store_one_by_one(tenant, docs, owners)
+        for part in flight.parts:
+            tenant, docs, owners = part.tenant, part.docs, part.owners
+            if part.outcome is not None:
+                outcome = part.outcome
+                outcome.errors[:0] = part.errors
+                failures = self._attribute(tenant, docs, outcome) if outcome.errors else {}
+            else:
+                failure = part.failure
+                if isinstance(failure, Problem) and failure.kind is WRITE_NOT_STORED:
+                    # Refused because a batch before it failed (and is stored again first).
+                    log.warning("MQTT batch of %d entities stored again: %s", len(docs), failure)
+                elif failure is not None:
+                    self._store_failed(len(docs), failure)
+                try:
+                    failures = self._store(tenant, docs)
+                except Exception:
+                    failures = self._store_one_by_one(tenant, docs, owners)
             for doc_index, problem in failures.items():
                 index, item = owners[doc_index]
                 topic, payload = batch[index][0], batch[index][1]
@@ -580,39 +682,30 @@ class MqttIngest:
             return False
 
     # ---- storing -------------------------------------------------------------------------------
-    def _store(
-        self, tenant: str, docs: Sequence[Any], admitted: _Admitted | None = None
-    ) -> dict[int, Problem]:
-        """Upsert one tenant's documents, retrying store errors; the failed documents' problems.
+    def _store_failed(self, entities: int, err: BaseException, attempt: int = 1) -> None:
+        with self._lock:
+            self._counts["store_failures"] += 1
+        log.error(
+            "storing %d MQTT entities failed (attempt %d)",
+            entities,
+            attempt,
+            exc_info=(type(err), err, err.__traceback__),
+        )
 
-        ``admitted`` is the admission workers' answer for these documents, when they have it.
+    def _store(self, tenant: str, docs: Sequence[Any]) -> dict[int, Problem]:
+        """Upsert one tenant's documents here, retrying store errors; the failed documents'
+        problems. This is the path after a failed write: it raises if the store keeps failing.
         """
         for attempt in range(self.retries + 1):
             try:
-                outcome = self._upsert(tenant, docs, admitted)
-            except Exception:
-                with self._lock:
-                    self._counts["store_failures"] += 1
-                log.exception(
-                    "storing %d MQTT entities failed (attempt %d)", len(docs), attempt + 1
-                )
+                outcome = self.ingest.upsert(tenant, docs, self.ctx, key_values=None)
+            except Exception as err:
+                self._store_failed(len(docs), err, attempt + 2)
                 if attempt < self.retries:
                     time.sleep(self.retry_delay * 2**attempt)
                 continue
             return self._attribute(tenant, docs, outcome) if outcome.errors else {}
         raise RuntimeError("the store keeps failing")
-
-    def _upsert(self, tenant: str, docs: Sequence[Any], admitted: _Admitted | None) -> BatchOutcome:
-        if admitted is not None:
-            try:
-                entities, errors, readings = admitted()
-            except Exception:  # the workers failed (not the documents): admitted here instead
-                log.exception("MQTT batch admission failed in the workers")
-            else:
-                outcome = self.ingest.upsert_entities(tenant, entities, readings=readings)
-                outcome.errors[:0] = errors
-                return outcome
-        return self.ingest.upsert(tenant, docs, self.ctx, key_values=None)
 
     def _store_one_by_one(
         self, tenant: str, docs: Sequence[Any], owners: Sequence[tuple[int, int | None]]
@@ -677,6 +770,56 @@ class MqttIngest:
 
 
 _Admitted = Callable[[], tuple[list[Any], list[tuple[str | None, Problem]], Any]]
+
+
+@dataclass
+class _Part:
+    """One tenant's documents of a batch on their way through ``Ingest``."""
+
+    tenant: str
+    docs: list[Any]
+    owners: list[tuple[int, int | None]]  # (message, item of a list or None), per document
+    errors: list[tuple[str | None, Problem]]  # refused at admission
+    begun: BegunUpsert  # merged, to be written
+    outcome: BatchOutcome | None = None  # written
+    failure: BaseException | None = None  # not written: stored again, here, by ``_land``
+
+
+@dataclass
+class _Flight:
+    """A batch merged and on its way to the store."""
+
+    batch: list[_Message]
+    prepared: _Prepared
+    parts: list[_Part]
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def write(self) -> None:
+        """Write every part (any thread); what fails is kept in the part."""
+        try:
+            for part in self.parts:
+                if part.outcome is None and part.failure is None:
+                    try:
+                        part.outcome = part.begun.finish()
+                    except Exception as err:
+                        part.failure = err
+        finally:
+            self.done.set()
+
+    def abandon(self) -> None:
+        """Refuse the writes: a batch merged before this one must be stored again first."""
+        for part in self.parts:
+            if part.outcome is None and part.failure is None:
+                try:
+                    part.outcome = part.begun.abandon()
+                except Exception as err:
+                    part.failure = err
+        self.done.set()
+
+    @property
+    def store_again(self) -> bool:
+        """Whether some part was not written (what is merged after it must wait)."""
+        return any(part.failure is not None for part in self.parts)
 
 
 @dataclass

@@ -39,6 +39,8 @@ from civica.core.store import PreparedWrite, Store, StoredEntity
 from civica.ingest.admission import AdmissionPool, admit, admit_all, admit_body
 from civica.privacy.gate import PrivacyGate
 
+_ID_TYPE = frozenset(("id", "type"))
+
 
 @dataclass
 class BatchOutcome:
@@ -72,6 +74,7 @@ class _UpsertJob:
     readings: pa.Table | None  # the entities' observation rows, when admission made them
     outcome: BatchOutcome = field(default_factory=BatchOutcome)
     taken: bool = False  # merged into a group by some caller
+    sequence: int = 0  # the merged group it belongs to
     written: bool = False  # stored; its events are being published
     finished: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
@@ -171,6 +174,22 @@ class Ingest:
         GIL while it works), and a transaction of several thousand entities costs DuckDB
         about half as much per entity as one of a thousand.
         """
+        return self.begin_upsert(tenant, entities, replace=replace, readings=readings).finish()
+
+    def begin_upsert(
+        self,
+        tenant: str,
+        entities: Sequence[Entity],
+        *,
+        replace: bool = False,
+        readings: pa.Table | None = None,
+    ) -> BegunUpsert:
+        """Merge an upsert now, in this thread; ``finish`` writes it (in any thread).
+
+        Upserts begun one after another are written in that order, each merged on the ones
+        before. So a caller with a stream of batches (the MQTT consumer) merges the next
+        batch while another thread finishes this one, whose database work lets go of the GIL.
+        """
         job = _UpsertJob(tenant, list(entities), replace, readings)
         with self._queue_lock:
             self._queue.append(job)
@@ -183,6 +202,10 @@ class Ingest:
                 merged = self._merge_group(jobs)
                 with self._queue_lock:
                     self._to_write.extend(merged)
+        return BegunUpsert(self, job)
+
+    def _finish(self, job: _UpsertJob) -> BatchOutcome:
+        """Write (with whatever was merged before it), publish, and give the job's outcome."""
         written: list[_Merged] | None = None
         with self._write_order:
             if not job.finished.is_set() and not job.written:
@@ -214,6 +237,7 @@ class Ingest:
         self._merged_groups += 1
         by_tenant: dict[str, list[_UpsertJob]] = {}
         for job in jobs:
+            job.sequence = self._merged_groups
             by_tenant.setdefault(job.tenant, []).append(job)
         merged: list[_Merged] = []
         for tenant, part in by_tenant.items():
@@ -223,7 +247,7 @@ class Ingest:
                 current = {i: pending[(tenant, i)] for i in ids if (tenant, i) in pending}
                 unknown = [i for i in ids if i not in current]
                 if unknown:
-                    current.update(self.store.get_entities(tenant, unknown))
+                    current.update(self.store.get_entities(tenant, unknown, shared=True))
                 changes: dict[str, _Change] = {}
                 now = self.clock.now()
                 for job in part:
@@ -314,22 +338,24 @@ class Ingest:
     ) -> None:
         out = job.outcome
         mine: dict[str, bool] = {}  # id -> created by this job
+        replace = job.replace
         for entity in job.entities:
             eid = entity["id"]
-            prev = changes[eid].stored if eid in changes else current.get(eid)
-            if prev is not None and prev.type != entity["type"]:
-                out.errors.append((eid, _type_clash(eid, prev.type, entity["type"])))
-                continue
+            change = changes.get(eid)
+            prev = change.stored if change is not None else current.get(eid)
             if prev is None:
                 stored = StoredEntity(entity, now, now)
-            elif job.replace:
+            elif prev.type != entity["type"]:
+                out.errors.append((eid, _type_clash(eid, prev.type, entity["type"])))
+                continue
+            elif replace:
                 stored = StoredEntity(entity, prev.created_at, now)
             else:
                 stored = StoredEntity({**prev.entity, **entity}, prev.created_at, now)
-            created = mine.get(eid, prev is None)
-            mine[eid] = created
-            earlier = changes[eid].fragments if eid in changes else []
-            changes[eid] = _Change(stored, [*earlier, entity], eid not in current)
+            if eid not in mine:
+                mine[eid] = prev is None
+            fragments = [entity] if change is None else [*change.fragments, entity]
+            changes[eid] = _Change(stored, fragments, eid not in current)
         for eid, created in mine.items():
             (out.created if created else out.updated).append(eid)
 
@@ -539,9 +565,42 @@ class Ingest:
                 self.bus.publish(ObservationsAdded(tenant, table=rows))
         elif rows:
             self.bus.publish(ObservationsAdded(tenant, tuple(rows)))
+        events = []
         for c in changes:
-            changed = frozenset(k for f in c.fragments for k in f if k not in ("id", "type"))
-            self.bus.publish(EntityChanged(tenant, c.stored.entity, changed, c.created))
+            fragments = c.fragments
+            if len(fragments) == 1:
+                changed = frozenset(fragments[0]).difference(_ID_TYPE)
+            else:
+                changed = frozenset(k for f in fragments for k in f).difference(_ID_TYPE)
+            events.append(EntityChanged(tenant, c.stored.entity, changed, c.created))
+        self.bus.publish_all(events)
+
+
+class BegunUpsert:
+    """An upsert merged by ``Ingest.begin_upsert``, waiting to be written."""
+
+    def __init__(self, ingest: Ingest, job: _UpsertJob) -> None:
+        self._ingest = ingest
+        self._job = job
+
+    def finish(self) -> BatchOutcome:
+        """Write it (and what was merged before it, if not written yet); its outcome.
+
+        Raises what failed the write, as ``upsert_entities`` does.
+        """
+        return self._ingest._finish(self._job)
+
+    def abandon(self) -> BatchOutcome:
+        """``finish``, but refuse the write: an upsert begun before this one failed.
+
+        It and every upsert merged with or before it and not written yet fail with
+        ``WriteNotStored`` (raised here), so the caller can send them again in order. If a
+        concurrent caller's write stage has already written it, its outcome is returned.
+        """
+        ingest = self._ingest
+        with ingest._write_order:
+            ingest._broken = max(ingest._broken, self._job.sequence)
+        return self.finish()
 
 
 @dataclass

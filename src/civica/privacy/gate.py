@@ -8,9 +8,19 @@ refuses values outside their physical range.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
-from civica.core.entity import GEO_PROPERTY, PROPERTY, RELATIONSHIP, Entity
+from civica.core.entity import (
+    ENTITY_MEMBERS,
+    GEO_ATTRIBUTES,
+    GEO_PROPERTY,
+    PROPERTY,
+    RELATIONSHIP,
+    Entity,
+    check_name,
+    is_entity_id,
+)
 from civica.core.problems import PRIVACY_VIOLATION, Problem, bad_request
 from civica.core.timefmt import normalise_time
 from civica.core.units import to_canonical
@@ -31,6 +41,8 @@ from civica.privacy.forbidden import forbidden_keys, forbidden_name, forbidden_v
 _CORE_MEMBERS = frozenset({"type", "value", "object", "languageMap", "observedAt", "unitCode"})
 _READING = frozenset({"type", "value", "observedAt", "unitCode"})
 
+_ID_TYPE = frozenset(("id", "type"))
+
 
 def refusal(attribute: str, why: str) -> Problem:
     return Problem(
@@ -44,11 +56,83 @@ def refusal(attribute: str, why: str) -> Problem:
 _forbidden_name = functools.lru_cache(maxsize=4096)(forbidden_name)
 
 
+def _plain_name(name: str) -> bool:
+    """A name ``check_name`` accepts as it is (the core context keeps it unchanged)."""
+    try:
+        check_name(name)
+    except Problem:
+        return False
+    return True
+
+
 class PrivacyGate:
     """Checks entities against the forbidden kinds and the data catalogue."""
 
     def __init__(self, catalogue: Catalogue | None = None) -> None:
         self.catalogue = catalogue or Catalogue()
+        # For ``admit_readings``: entity types and (type, attribute) names found to need no
+        # more than a value check; anything else takes the full path.
+        self._plain_types: dict[str, EntityTypeSpec] = {}
+        self._plain_numbers: dict[tuple[str, str], AttributeSpec] = {}
+
+    def admit_readings(self, doc: dict[str, Any]) -> Entity | None:
+        """The most common message, faster: a keyValues document (core context) whose
+        attributes are all plain numbers declared as numbers.
+
+        Returns exactly what ``admit(parse_entity(doc, key_values=True))`` returns, or None
+        when the document is anything else or would be refused: the caller then takes that
+        full path, which gives the refusal its reason.
+        """
+        eid, etype = doc.get("id"), doc.get("type")
+        if type(eid) is not str or type(etype) is not str:
+            return None
+        spec = self._plain_types.get(etype) or self._plain_type(etype)
+        if spec is None or not is_entity_id(eid):
+            return None
+        if forbidden_value(eid):
+            return None
+        out: Entity = {"id": eid, "type": etype}
+        numbers = self._plain_numbers
+        for name, raw in doc.items():
+            if name in _ID_TYPE:
+                continue
+            kind = type(raw)
+            if kind is float:
+                if not math.isfinite(raw):
+                    return None
+            elif kind is not int:
+                return None
+            decl = numbers.get((etype, name)) or self._plain_number(spec, name)
+            if decl is None:
+                return None
+            value = float(raw) if decl.unit else raw
+            lo, hi = decl.minimum, decl.maximum
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                return None
+            if decl.unit:
+                out[name] = {"type": PROPERTY, "value": value, "unitCode": decl.unit}
+            else:
+                out[name] = {"type": PROPERTY, "value": value}
+        return out
+
+    def _plain_type(self, etype: str) -> EntityTypeSpec | None:
+        if _forbidden_name(etype) or not _plain_name(etype) or len(self._plain_types) > 256:
+            return None
+        spec = self.catalogue.get(etype)
+        if spec is not None:
+            self._plain_types[etype] = spec
+        return spec
+
+    def _plain_number(self, spec: EntityTypeSpec, name: str) -> AttributeSpec | None:
+        if name in ENTITY_MEMBERS or name in GEO_ATTRIBUTES or not _plain_name(name):
+            return None
+        if _forbidden_name(name) or len(self._plain_numbers) > 4096:
+            return None
+        decl = spec.attribute(name)
+        if decl is None or decl.kind != NUMBER:
+            return None
+        self._plain_numbers[(spec.type, name)] = decl
+        return decl
 
     def type_spec(self, type_: str) -> EntityTypeSpec:
         why = _forbidden_name(type_)

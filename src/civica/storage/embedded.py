@@ -97,6 +97,8 @@ create table if not exists subscriptions (
 create table if not exists schema_info (version integer not null);
 """
 
+_ID_TYPE = frozenset(("id", "type"))
+
 
 def entity_key(tenant: str, entity_id: str) -> int:
     """A stable 64-bit key for (tenant, id): scanning integers beats scanning strings."""
@@ -158,7 +160,9 @@ class DuckDBStore:
         )
         return sorted(r[0] for r in rows)
 
-    def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
+    def get_entities(
+        self, tenant: str, ids: Sequence[str], *, shared: bool = False
+    ) -> dict[str, StoredEntity]:
         if not ids:
             return {}
         found: dict[str, StoredEntity] = {}
@@ -168,6 +172,8 @@ class DuckDBStore:
             hit = states.get(tenant, eid)
             if hit is None:
                 missing.append(eid)
+            elif shared and hit.stored is not None:
+                found[eid] = hit.stored  # the state as written, not parsed again
             else:
                 found[eid] = StoredEntity(orjson.loads(hit.doc), hit.created_at, hit.modified_at)
         if not missing:
@@ -239,15 +245,24 @@ class DuckDBStore:
     ) -> PreparedWrite:
         # Documents, attribute sets, boxes and the observation table: everything that needs
         # no lock, so a caller can do it while another write is in the database.
-        docs = [orjson.dumps(s.entity).decode() for s in entities]
-        attrs = [tuple(k for k in s.entity if k not in ("id", "type")) for s in entities]
-        keys = {s.id: entity_key(tenant, s.id) for s in entities}
+        # One pass per entity; a known entity's key comes from the cache, not from hashing.
+        cached = self._states.get
+        dumps = orjson.dumps
+        keys: dict[str, int] = {}
+        states: list[_CachedState] = []
+        for s, box in zip(entities, _bboxes(entities), strict=True):
+            entity = s.entity
+            eid = entity["id"]
+            hit = cached(tenant, eid)
+            key = keys[eid] = hit.key if hit is not None else entity_key(tenant, eid)
+            names = tuple(k for k in entity if k not in _ID_TYPE)
+            state = _CachedState(
+                eid, str(entity.get("type", "")), dumps(entity).decode(), names, box,
+                s.created_at, s.modified_at, key, s,
+            )  # fmt: skip
+            states.append(state)
         if len(set(keys.values())) != len(keys):
             raise ValueError("two entities of one write share an entity key; nothing was stored")
-        states = [
-            _state_of(s, doc, names, box, keys[s.id])
-            for s, doc, names, box in zip(entities, docs, attrs, _bboxes(entities), strict=True)
-        ]
         if isinstance(observations, pa.Table):
             table = _keyed_readings(tenant, observations, keys) if observations.num_rows else None
         else:
@@ -781,18 +796,9 @@ class _CachedState(NamedTuple):
     created_at: datetime
     modified_at: datetime
     key: int  # entity_key(tenant, id): rows are updated by this integer, not by the strings
-
-
-def _state_of(
-    stored: StoredEntity,
-    doc: str,
-    attrs: tuple[str, ...],
-    bbox: tuple[float, ...] | None,
-    key: int,
-) -> _CachedState:
-    return _CachedState(
-        stored.id, stored.type, doc, attrs, bbox, stored.created_at, stored.modified_at, key
-    )
+    # The state as it was written, handed to merges (``get_entities(shared=True)``) instead
+    # of parsing ``doc`` again; None when the state was read from the database.
+    stored: StoredEntity | None = None
 
 
 class _StateCache:

@@ -44,7 +44,11 @@ class MemoryStore:
             held |= {t for t, rows in self._observations.items() if rows}
             return sorted(held)
 
-    def get_entities(self, tenant: str, ids: Sequence[str]) -> dict[str, StoredEntity]:
+    def get_entities(
+        self, tenant: str, ids: Sequence[str], *, shared: bool = False
+    ) -> dict[str, StoredEntity]:
+        # Always copies: the unit tests that run on this backend then catch a caller that
+        # changes what it was given.
         with self._lock:
             table = self._entities.get(tenant, {})
             return {i: _copy(table[i]) for i in ids if i in table}
