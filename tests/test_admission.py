@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from civica.app import domain_catalogue
 from civica.core.bus import EventBus, ObservationsAdded
 from civica.core.entity import observations
 from civica.core.problems import Problem
-from civica.core.readings import readings_rows
+from civica.core.readings import TIMESTAMP, readings_rows, timestamp_array
 from civica.core.store import ObservationQuery
 from civica.ingest.admission import MIN_OFFLOAD_BYTES, AdmissionPool, admit_body
 from civica.ingest.pipeline import Ingest
@@ -130,3 +132,25 @@ def test_ingest_with_workers_stores_every_reading_once(pool: AdmissionPool, tmp_
     assert again.errors == [] and len(again.updated) == 294
     assert len(store.query_observations("default", ObservationQuery(limit=10_000))) == 2 * 593
     store.close()
+
+
+T_SHARED = datetime(2026, 3, 1, 8, 0, 0, 123456, UTC)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [T_SHARED] * 5,  # one object: a batch's modification time
+        [T_SHARED + timedelta(microseconds=k * 1_234_567) for k in range(50)],
+        [datetime(2026, 3, 1, 9, 30, tzinfo=timezone(timedelta(hours=2))), T_SHARED],
+        [datetime(1900, 1, 1, tzinfo=UTC), datetime(2200, 12, 31, 23, 59, 59, 999999, UTC)],
+        [T_SHARED, None],
+        [datetime(2026, 3, 1, 9, 30), datetime(2026, 3, 1, 9, 31)],  # naive: as Arrow takes them
+    ],
+)
+def test_timestamp_arrays_are_what_arrow_makes(values: list[datetime | None]) -> None:
+    expected = pa.array(values, TIMESTAMP)
+    made = timestamp_array(values)
+    assert made.type == TIMESTAMP
+    assert made.equals(expected)

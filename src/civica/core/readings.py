@@ -8,6 +8,7 @@ for the consumers that ask for them (``ObservationsAdded.rows``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -26,15 +27,38 @@ _FIELDS: list[pa.Field[Any]] = [
 READINGS_SCHEMA = pa.schema(_FIELDS)
 
 
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def timestamp_array(values: Sequence[datetime | None]) -> pa.Array[Any]:
+    """Aware datetimes as a UTC microsecond array: what ``pa.array(values, TIMESTAMP)`` gives,
+    five times faster (Arrow asks each value for its UTC offset). A batch's entities share
+    one modification time, and its readings often one time of receipt: that is one value."""
+    if not values:
+        return pa.array([], TIMESTAMP)
+    first = values[0]
+    try:
+        if all(v is first for v in values):
+            micros = pa.scalar((first - _EPOCH) // _MICROSECOND, pa.int64())  # type: ignore[operator]
+            return pa.repeat(micros, len(values)).cast(TIMESTAMP)
+        ints = [(v - _EPOCH) // _MICROSECOND for v in values]  # type: ignore[operator]
+        return pa.array(ints, pa.int64()).cast(TIMESTAMP)
+    except TypeError:  # a naive datetime or a None: Arrow's own conversion
+        return pa.array(values, TIMESTAMP)
+
+
 def readings_table(rows: Sequence[Observation]) -> pa.Table:
     """Observation rows as one table of ``READINGS_SCHEMA``."""
     if not rows:
         return READINGS_SCHEMA.empty_table()
-    columns = zip(*rows, strict=True)
-    return pa.table(
-        [pa.array(col, field.type) for col, field in zip(columns, READINGS_SCHEMA, strict=True)],
-        schema=READINGS_SCHEMA,
-    )
+    columns = list(zip(*rows, strict=True))
+    arrays = [
+        timestamp_array(col) if field.name == "observed_at" else pa.array(col, field.type)
+        for col, field in zip(columns, READINGS_SCHEMA, strict=True)
+    ]
+    return pa.table(arrays, schema=READINGS_SCHEMA)
 
 
 def readings_rows(table: pa.Table) -> list[Observation]:

@@ -21,9 +21,11 @@ from typing import Any, NamedTuple
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from civica.core.entity import Entity, Observation
 from civica.core.geo import bbox_of, haversine_m
+from civica.core.readings import timestamp_array
 from civica.core.store import (
     ApiKeyRecord,
     DeadLetter,
@@ -267,7 +269,9 @@ class DuckDBStore:
             table = _keyed_readings(tenant, observations, keys) if observations.num_rows else None
         else:
             table = _observation_table(tenant, observations, keys) if observations else None
-        return PreparedWrite(tenant, entities, observations, (states, table))
+        # The documents as the common write (readings of known entities) sends them.
+        docs = _doc_table(states) if states else None
+        return PreparedWrite(tenant, entities, observations, (states, table, docs))
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
         if not writes:
@@ -279,11 +283,12 @@ class DuckDBStore:
         latest: dict[str, _CachedState] = {}
         tables: list[pa.Table] = []
         for w in writes:
-            states, table = w.payload
+            states, table, _docs = w.payload
             latest.update((state.id, state) for state in states)
             if table is not None:
                 tables.append(table)
         states = list(latest.values())
+        docs = writes[0].payload[2] if len(writes) == 1 else None
         obs_table = pa.concat_tables(tables) if len(tables) > 1 else next(iter(tables), None)
         rows = 0 if obs_table is None else obs_table.num_rows
         with self._write_lock:
@@ -298,7 +303,7 @@ class DuckDBStore:
             try:
                 script = ["begin"]
                 if same:
-                    con.register("new_docs", _doc_table(states))
+                    con.register("new_docs", docs if docs is not None else _doc_table(states))
                     script.append(_UPDATE_DOCS)
                 elif states:
                     con.register("new_entities", _entity_table(tenant, states))
@@ -316,8 +321,7 @@ class DuckDBStore:
             finally:
                 for name in ("new_docs", "new_entities", "new_observations"):
                     con.unregister(name)
-            for state in states:
-                cache.put(tenant, state.id, state)
+            cache.put_all(tenant, states)
             self._recent_rows += rows
             if self._recent_rows >= self.compact_rows:
                 self._compact_in_background()
@@ -827,6 +831,20 @@ class _StateCache:
             for key in list(itertools.islice(rows, max(1, self.capacity // 8))):
                 del rows[key]
 
+    def put_all(self, tenant: str, states: Sequence[_CachedState]) -> None:
+        if self.capacity <= 0:
+            return
+        rows = self._rows
+        pop = rows.pop
+        for state in states:
+            key = (tenant, state.id)
+            pop(key, None)  # re-inserted at the young end
+            rows[key] = state
+        if len(rows) > self.capacity:
+            excess = len(rows) - self.capacity
+            for key in list(itertools.islice(rows, max(excess, self.capacity // 8))):
+                del rows[key]
+
     def drop(self, tenant: str, ids: Iterable[str]) -> None:
         for eid in ids:
             self._rows.pop((tenant, eid), None)
@@ -968,8 +986,8 @@ def _entity_table(tenant: str, states: Sequence[_CachedState]) -> pa.Table:
             "min_lat": pa.array([b[1] if b else None for b in boxes], pa.float64()),
             "max_lon": pa.array([b[2] if b else None for b in boxes], pa.float64()),
             "max_lat": pa.array([b[3] if b else None for b in boxes], pa.float64()),
-            "created_at": pa.array([s.created_at for s in states], _TS),
-            "modified_at": pa.array([s.modified_at for s in states], _TS),
+            "created_at": timestamp_array([s.created_at for s in states]),
+            "modified_at": timestamp_array([s.modified_at for s in states]),
             "entity_key": pa.array([s.key for s in states], pa.int64()),
         }
     )
@@ -980,19 +998,21 @@ def _doc_table(states: Sequence[_CachedState]) -> pa.Table:
         {
             "entity_key": pa.array([s.key for s in states], pa.int64()),
             "doc": pa.array([s.doc for s in states], pa.string()),
-            "modified_at": pa.array([s.modified_at for s in states], _TS),
+            "modified_at": timestamp_array([s.modified_at for s in states]),
         }
     )
 
 
 def _keyed_readings(tenant: str, table: pa.Table, known: Mapping[str, int]) -> pa.Table:
     """A ``READINGS_SCHEMA`` table with the tenant and entity key columns in front."""
-    ids = [str(eid) for eid in table.column("entity_id").to_pylist()]
-    keys = {eid: known[eid] if eid in known else entity_key(tenant, eid) for eid in set(ids)}
-    tenants = pa.array([tenant] * table.num_rows, pa.string())
-    return table.add_column(0, "tenant", tenants).add_column(
-        1, "entity_key", pa.array([keys[eid] for eid in ids], pa.int64())
-    )
+    column = table.column("entity_id")
+    ids = [str(eid) for eid in pc.unique(column).to_pylist()]
+    keys = [known[eid] if eid in known else entity_key(tenant, eid) for eid in ids]
+    # Each row's key, looked up in Arrow rather than row by row in Python.
+    where = pc.index_in(column, value_set=pa.array(ids, pa.string()))
+    row_keys = pc.take(pa.array(keys, pa.int64()), where)
+    tenants = pa.repeat(pa.scalar(tenant, pa.string()), table.num_rows)
+    return table.add_column(0, "tenant", tenants).add_column(1, "entity_key", row_keys)
 
 
 def _observation_table(
@@ -1010,7 +1030,7 @@ def _observation_table(
             "entity_id": pa.array(ids, pa.string()),
             "entity_type": pa.array(types, pa.string()),
             "attribute": pa.array(attributes, pa.string()),
-            "observed_at": pa.array(times, _TS),
+            "observed_at": timestamp_array(times),
             "value_num": pa.array(nums, pa.float64()),
             "value_json": pa.array(texts, pa.string()),
             "unit": pa.array(units, pa.string()),
