@@ -553,6 +553,44 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
         pool.close()
 
 
+@services
+def test_with_admission_workers_plain_readings_are_admitted_in_the_consumer(
+    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+) -> None:
+    """KeyValues readings (numbers only) take the gate's fast path in the consumer: the trip
+    to a worker and back would cost more. Anything else in them still gets the full gate."""
+    from civica.app import build_services
+    from civica.ingest.admission import AdmissionPool
+
+    ingest = build_services(store).ingest
+    pool = ingest.admission = AdmissionPool(ingest.gate, 1)
+    bodies: list[int] = []
+    submit = pool.submit_body
+
+    def counted(raw: bytes, key_values: bool | None, max_batch: int) -> Any:
+        bodies.append(len(raw))
+        return submit(raw, key_values, max_batch)
+
+    pool.submit_body = counted  # type: ignore[method-assign]
+    try:
+        running = consumer(store, ingest=ingest, batch_size=500, linger=0.05)
+        for k in range(200):
+            publish(f"{root}/{tenant}/{WATER}/{sensor(k % 7)}", {"pressure": 2.0 + k % 3})
+        publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": -500})  # out of range
+        publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"macAddress": "00:11:22:33:44:55"})
+        wait_for(settled(running, 202), "202 messages")
+
+        stats = running.stats()
+        assert (stats.accepted, stats.dead_lettered) == (200, 2)
+        assert bodies == []
+        assert len(readings(store, tenant)) == 200
+        reasons = sorted(d.reason for d in letters(store))
+        assert any("'pressure' = -500" in r for r in reasons)
+        assert any("macAddress" in r for r in reasons)
+    finally:
+        pool.close()
+
+
 class SlowFlakyStore(DuckDBStore):
     """A DuckDB store whose writes take a while, except the 3rd and 6th, which fail at once:
     the consumer merges the next batch while one is written, or just after it failed."""

@@ -10,11 +10,14 @@ holds the MQTT connection (``civica.ingest.mqtt_wire``, a lean MQTT v5 subscribe
 spent about 70 us of Python per message there and capped ingest at one core; this takes a
 few): it buffers the PUBLISH packets it reads and ships the buffer to the consumer every
 ``linger`` seconds or ``batch_size`` messages, and writes the consumer's acknowledgements as
-one write per batch. The *consumer*, a thread of this process, groups a batch by tenant and
-makes one upsert - one store transaction - per tenant. When the ``Ingest`` has admission
-workers (``civica serve`` starts them), a batch is parsed and gated there, as HTTP batches
-are, and the next batch goes to them while this one is merged and written; batches are still
-stored in the order they came.
+one write per batch. The *consumer*, a thread of this process, groups a batch by tenant,
+admits it and merges it (``Ingest.begin_upsert``), then hands it to its *writer* thread, which
+writes it - one store transaction per tenant - while the consumer goes on with the next batch
+(DuckDB lets go of the GIL while it writes). Batches are written in the order they came; when
+a write fails, what was merged after it is abandoned and both are stored again, in order.
+Plain readings (keyValues numbers) are admitted in the consumer by the gate's fast path; other
+documents go to the admission workers when the ``Ingest`` has them (``civica serve`` starts
+them), as HTTP batches do, and the next batch goes to them while this one is stored.
 
 Delivery is at-least-once: messages are acknowledged (``manual_ack``) only after their batch is
 committed or dead-lettered, so a crash before that leaves them with the broker. The receiver
@@ -497,11 +500,22 @@ class MqttIngest:
         pool = self.ingest.admission
         if pool is not None and self._offloading:
             for tenant, (docs, _owners) in groups.items():
+                if self._plain(docs[0]):
+                    # Plain readings are admitted here faster than the trip to a worker and
+                    # back costs (28 k against 25 k messages/s, with less CPU).
+                    continue
                 try:
                     admitted[tenant] = pool.submit_body(orjson.dumps(docs), None, len(docs))
                 except Exception:  # no workers (shut down, broken): admitted here instead
                     log.exception("MQTT batch admission could not start in the workers")
         return _Prepared(now, letters, refused, groups, admitted)
+
+    def _plain(self, doc: Any) -> bool:
+        """Whether a document is a plain reading, which the gate's fast path admits."""
+        try:
+            return type(doc) is dict and self.ingest.gate.admit_readings(doc) is not None
+        except Exception:  # the full path will say what is wrong with it
+            return False
 
     def _settle(self, batch: list[_Message], prepared: _Prepared | None = None) -> list[_Message]:
         """Store a batch now, dead-letter what fails, ack what is settled; return what is not."""
