@@ -498,24 +498,36 @@ class MqttIngest:
                 owners.append((index, None))
         admitted: dict[str, _Admitted] = {}
         pool = self.ingest.admission
-        if pool is not None and self._offloading:
-            for tenant, (docs, _owners) in groups.items():
-                if self._plain(docs[0]):
-                    # Plain readings are admitted here faster than the trip to a worker and
-                    # back costs (28 k against 25 k messages/s, with less CPU).
-                    continue
+        for tenant, (docs, _owners) in groups.items():
+            plain = self._admit_plain(docs)
+            if plain is not None:
+                # Plain readings are admitted here faster than the trip to a worker and back
+                # costs (28 k against 25 k messages/s, with less CPU).
+                admitted[tenant] = _given(plain)
+                continue
+            if pool is not None and self._offloading:
                 try:
                     admitted[tenant] = pool.submit_body(orjson.dumps(docs), None, len(docs))
                 except Exception:  # no workers (shut down, broken): admitted here instead
                     log.exception("MQTT batch admission could not start in the workers")
         return _Prepared(now, letters, refused, groups, admitted)
 
-    def _plain(self, doc: Any) -> bool:
-        """Whether a document is a plain reading, which the gate's fast path admits."""
+    def _admit_plain(self, docs: Sequence[Any]) -> list[Any] | None:
+        """The documents admitted by the gate's fast path, if every one is a plain reading
+        (keyValues numbers, core context); else None, and the full path admits them."""
+        if self.ctx is not CORE:
+            return None
+        admit = self.ingest.gate.admit_readings
+        out = []
         try:
-            return type(doc) is dict and self.ingest.gate.admit_readings(doc) is not None
-        except Exception:  # the full path will say what is wrong with it
-            return False
+            for doc in docs:
+                entity = admit(doc) if type(doc) is dict else None
+                if entity is None:
+                    return None
+                out.append(entity)
+        except Exception:  # the full path will say what is wrong
+            return None
+        return out
 
     def _settle(self, batch: list[_Message], prepared: _Prepared | None = None) -> list[_Message]:
         """Store a batch now, dead-letter what fails, ack what is settled; return what is not."""
@@ -784,6 +796,11 @@ class MqttIngest:
 
 
 _Admitted = Callable[[], tuple[list[Any], list[tuple[str | None, Problem]], Any]]
+
+
+def _given(entities: list[Any]) -> _Admitted:
+    """An admission answer already made: every document admitted, no readings table."""
+    return lambda: (entities, [], None)
 
 
 @dataclass
