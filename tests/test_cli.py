@@ -94,6 +94,22 @@ def test_serve_rejects_unknown_database_scheme(tmp_path: Path) -> None:
     assert orjson.dumps(out.returncode)  # the command exits, it does not hang
 
 
+def test_a_database_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    """What an operator meets running ``civica keys create`` while ``civica serve`` holds the
+    file: one sentence that says why, not a traceback."""
+    db = tmp_path / "city.duckdb"
+    held = DuckDBStore(db)  # this process holds the file, as a running server does
+    try:
+        out = run("keys", "create", "--role", "device", "--db", str(db), cwd=tmp_path)
+    finally:
+        held.close()
+    assert out.returncode != 0
+    assert "is open in another process" in out.stderr
+    assert "civica serve" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert run("keys", "create", "--role", "device", "--db", str(db), cwd=tmp_path).returncode == 0
+
+
 def test_serve_admits_large_batches_in_worker_processes(tmp_path: Path) -> None:
     """``civica serve`` as an operator runs it: a large batch goes through the admission
     worker, good readings are stored, a refused one is named, and stopping the server leaves

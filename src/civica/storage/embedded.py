@@ -102,6 +102,10 @@ create table if not exists schema_info (version integer not null);
 _ID_TYPE = frozenset(("id", "type"))
 
 
+class DatabaseInUseError(OSError):
+    """The DuckDB file is held by another process."""
+
+
 def entity_key(tenant: str, entity_id: str) -> int:
     """A stable 64-bit key for (tenant, id): scanning integers beats scanning strings."""
     digest = hashlib.blake2b(f"{tenant}\x00{entity_id}".encode(), digest_size=8).digest()
@@ -131,7 +135,17 @@ class DuckDBStore:
             "memory_limit": memory_limit,
             "checkpoint_threshold": "128MB",
         }
-        self._con = duckdb.connect(self.path, config=config)
+        try:
+            self._con = duckdb.connect(self.path, config=config)
+        except duckdb.IOException as err:
+            reason = str(err).split("\n")[0]
+            if "lock" in reason.lower():
+                raise DatabaseInUseError(
+                    f"the database {self.path} is open in another process (one DuckDB file "
+                    "takes one process at a time: is `civica serve` running on it? Stop it "
+                    f"first, or use another file). DuckDB said: {reason}"
+                ) from err
+            raise OSError(f"cannot open the database {self.path}: {reason}") from err
         self._write_lock = threading.Lock()
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._compactor: threading.Thread | None = None
