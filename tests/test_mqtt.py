@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -486,14 +487,23 @@ def test_what_the_store_cannot_keep_is_not_acknowledged_and_comes_back(
 
 @services
 def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dead_lettered(
-    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+    store: DuckDBStore,
+    consumer: Consumers,
+    publish: Publish,
+    root: str,
+    tenant: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What ``civica serve`` runs: batches are parsed and gated by a worker process while the
     previous batch is stored. Readings of one sensor span many batches; the stored state must
     be the last one sent, and every refused message a dead letter of its own."""
     from civica.app import build_services
-    from civica.ingest.admission import MIN_OFFLOAD_BYTES, AdmissionPool
+    from civica.ingest import admission
+    from civica.ingest.admission import AdmissionPool
 
+    # Batch sizes follow the publisher's pace: with the usual 32 KB threshold whether a batch
+    # goes to the worker would depend on timing. At 1 KB every batch of a few messages does.
+    monkeypatch.setattr(admission, "MIN_OFFLOAD_BYTES", 1024)
     ingest = build_services(store).ingest
     pool = ingest.admission = AdmissionPool(ingest.gate, 1)
     bodies: list[int] = []
@@ -505,7 +515,7 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
 
     pool.submit_body = counted  # type: ignore[method-assign]
     try:
-        # Small batches of ~250-byte messages: each one is over the 32 KB the workers take.
+        # Batches of ~250-byte messages: all but the smallest go to the worker.
         running = consumer(store, ingest=ingest, batch_size=200, linger=0.05)
         start = datetime(2024, 5, 1, tzinfo=UTC)
         sent = 0
@@ -531,9 +541,9 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
         stats = running.stats()
         assert (stats.accepted, stats.dead_lettered) == (sent - 4, 4)
         assert stats.batches >= 4
-        # The batches went to the worker (over its 32 KB threshold), each one once: a batch
+        # The batches went to the worker (over its threshold), each one once: a batch
         # prepared ahead is the batch stored next.
-        assert sum(size >= MIN_OFFLOAD_BYTES for size in bodies) >= 2
+        assert sum(size >= 1024 for size in bodies) >= 2
         assert len(bodies) == stats.batches
         stored = entities(store, tenant)
         assert {eid: s.entity["pressure"]["value"] for eid, s in stored.items()} == {
@@ -712,6 +722,113 @@ def test_after_the_broker_restarts_a_new_receiver_connects_and_ingest_goes_on(
 
         wait_for(stored_again, "a message through the new receiver", timeout=60)
         assert entities(store, tenant)[sensor(1)].entity["pressure"]["value"] == 1.0
+    finally:
+        running.stop()
+        broker.terminate()
+        broker.wait(10)
+
+
+def _certificates(where: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a broker certificate for 127.0.0.1: (ca, certificate, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        message = "openssl is not installed: no certificates for a TLS broker"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"{message}; CIVICA_REQUIRE_SERVICES=1 demands it")
+        pytest.skip(message)
+    ca, ca_key = where / "ca.pem", where / "ca.key"
+    cert, key, csr = where / "broker.pem", where / "broker.key", where / "broker.csr"
+    ext = where / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    for command in (
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=Civica test CA"],
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(ext)],
+    ):  # fmt: skip
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+    for path in (ca, cert, key):
+        path.chmod(0o644)  # mosquitto drops to its own user before reading them
+    return ca, cert, key
+
+
+@services
+def test_mqtts_with_a_password_and_an_acl_as_in_production(
+    tmp_path: Path, store: DuckDBStore, root: str, tenant: str
+) -> None:
+    """The production set-up the README describes: TLS, no anonymous clients, a password per
+    client, and an ACL that lets the platform read and a sensor write only its own topics."""
+    # Mosquitto reads these after dropping to its own user, which cannot enter pytest's
+    # private temporary directory: they go to one it can read.
+    files = Path(tempfile.mkdtemp(prefix="civica-tls-broker-"))
+    files.chmod(0o755)
+    try:
+        _tls_broker_case(files, store, root, tenant)
+    finally:
+        shutil.rmtree(files, ignore_errors=True)
+
+
+def _tls_broker_case(tmp_path: Path, store: DuckDBStore, root: str, tenant: str) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    passwd = tmp_path / "passwd"
+    mosquitto_passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    if not Path(mosquitto_passwd).exists():
+        if REQUIRE_SERVICES:
+            pytest.fail("mosquitto_passwd is not installed; CIVICA_REQUIRE_SERVICES=1 demands it")
+        pytest.skip("mosquitto_passwd is not installed")
+    for flags, user, secret in ((["-c"], "civica", "ingest-s3cret"), ([], "sensor-7", "s3")):
+        command = [mosquitto_passwd, *flags, "-b", str(passwd), user, secret]
+        subprocess.run(command, check=True, capture_output=True, timeout=30)
+    passwd.chmod(0o644)
+    acl = tmp_path / "acl"
+    acl.write_text(
+        f"user civica\ntopic read {root}/#\n\n"
+        f"user sensor-7\ntopic write {root}/{tenant}/{WATER}/{sensor(7)}\n"
+    )
+    acl.chmod(0o644)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        "persistence false\nlog_dest none\n"
+    )
+    broker = _own_broker(port, conf)
+    url = f"mqtts://civica:ingest-s3cret@127.0.0.1:{port}?cafile={ca}"
+    running = MqttIngest(Ingest(store), url, topic_root=root, linger=0.02)
+    try:
+        # A wrong password, or a broker certificate nobody vouches for, stops start() clearly.
+        wrong = MqttIngest(Ingest(store), url.replace("ingest-s3cret", "guess"), topic_root=root)
+        with pytest.raises(ConnectionError, match=r"(?i)not authori[sz]ed|bad user name"):
+            wrong.start(timeout=10)
+        untrusted = MqttIngest(Ingest(store), url.split("?", maxsplit=1)[0], topic_root=root)
+        with pytest.raises(ConnectionError, match=r"(?i)certificate"):
+            untrusted.start(timeout=10)
+
+        running.start()
+        sender = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"sensor-7-{uuid.uuid4().hex[:6]}"
+        )
+        sender.username_pw_set("sensor-7", "s3")
+        sender.tls_set(ca_certs=str(ca))
+        sender.connect("127.0.0.1", port)
+        sender.loop_start()
+        try:
+            mine = f"{root}/{tenant}/{WATER}/{sensor(7)}"
+            theirs = f"{root}/{tenant}/{WATER}/{sensor(8)}"  # not this sensor's topic: dropped
+            sender.publish(theirs, orjson.dumps({"pressure": 8.0}), qos=1).wait_for_publish(10)
+            sender.publish(mine, orjson.dumps({"pressure": 7.5}), qos=1).wait_for_publish(10)
+            wait_for(settled(running, 1), "the sensor's reading over TLS")
+            time.sleep(0.3)
+        finally:
+            sender.loop_stop()
+            sender.disconnect()
+        assert set(entities(store, tenant)) == {sensor(7)}
+        assert [o.value_num for o in readings(store, tenant)] == [7.5]
     finally:
         running.stop()
         broker.terminate()

@@ -51,9 +51,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
@@ -111,6 +112,7 @@ class _ReceiverConfig:
     host: str
     port: int
     tls: bool
+    cafile: str | None
     username: str | None
     password: str | None
     subscription: str
@@ -156,6 +158,17 @@ class MqttIngest:
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.tls = parts.scheme == "mqtts"
+        # mqtts://...?cafile=/etc/civica/broker-ca.pem trusts a city's own CA (else the
+        # system's CAs, or SSL_CERT_FILE).
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - {"cafile"})
+        if unknown:
+            raise ValueError(f"unknown MQTT URL parameter(s): {', '.join(unknown)} (known: cafile)")
+        self.cafile = query["cafile"][-1] if "cafile" in query else None
+        if self.cafile is not None and not self.tls:
+            raise ValueError("cafile= applies to mqtts:// URLs only")
+        if self.cafile is not None and not Path(self.cafile).is_file():
+            raise ValueError(f"the MQTT CA file {self.cafile!r} does not exist")
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.topic_root = topic_root.strip("/")
@@ -241,6 +254,7 @@ class MqttIngest:
             host=self.host,
             port=self.port,
             tls=self.tls,
+            cafile=self.cafile,
             username=self.username,
             password=self.password,
             subscription=self.subscription,
@@ -935,7 +949,9 @@ class _Receiver:
         config = self.config
         where = f"{config.host}:{config.port}"
         try:
-            sock = wire.open_socket(config.host, config.port, config.tls, timeout=10.0)
+            sock = wire.open_socket(
+                config.host, config.port, config.tls, timeout=10.0, cafile=config.cafile
+            )
         except OSError as err:
             self._send(("error", f"cannot reach the MQTT broker {where}: {err}"))
             return

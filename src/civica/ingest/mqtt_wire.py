@@ -165,11 +165,20 @@ class Reader:
         return others
 
 
-def open_socket(host: str, port: int, tls: bool, timeout: float) -> socket.socket:
+def open_socket(
+    host: str, port: int, tls: bool, timeout: float, cafile: str | None = None
+) -> socket.socket:
+    """A TCP connection to the broker; with ``tls``, verified against ``cafile`` (or the
+    system's certificate authorities) and the broker's host name."""
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls:
-        return ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+            return context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
     return sock
 
 
