@@ -142,6 +142,30 @@ def letters(store: Store) -> list[DeadLetter]:
     return store.dead_letters(limit=1000)
 
 
+WithWorker = tuple[Ingest, list[int]]
+
+
+@pytest.fixture
+def with_worker(store: DuckDBStore) -> Iterator[WithWorker]:
+    """What ``civica serve`` builds: the app's Ingest with one admission worker, and the sizes
+    of the bodies sent to it. (Listed before ``consumer``, so it closes after the consumers.)"""
+    from civica.app import build_services
+    from civica.ingest.admission import AdmissionPool
+
+    ingest = build_services(store).ingest
+    pool = ingest.admission = AdmissionPool(ingest.gate, 1)
+    bodies: list[int] = []
+    submit = pool.submit_body
+
+    def counted(raw: bytes, key_values: bool | None, max_batch: int) -> Any:
+        bodies.append(len(raw))
+        return submit(raw, key_values, max_batch)
+
+    pool.submit_body = counted  # type: ignore[method-assign]
+    yield ingest, bodies
+    pool.close()
+
+
 # ---- what gets stored ------------------------------------------------------------------------
 @services
 def test_normalized_and_key_values_messages_are_stored(
@@ -487,6 +511,7 @@ def test_what_the_store_cannot_keep_is_not_acknowledged_and_comes_back(
 
 @services
 def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dead_lettered(
+    with_worker: WithWorker,
     store: DuckDBStore,
     consumer: Consumers,
     publish: Publish,
@@ -497,113 +522,89 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
     """What ``civica serve`` runs: batches are parsed and gated by a worker process while the
     previous batch is stored. Readings of one sensor span many batches; the stored state must
     be the last one sent, and every refused message a dead letter of its own."""
-    from civica.app import build_services
     from civica.ingest import admission
-    from civica.ingest.admission import AdmissionPool
 
     # Batch sizes follow the publisher's pace: with the usual 32 KB threshold whether a batch
     # goes to the worker would depend on timing. At 1 KB every batch of a few messages does.
     monkeypatch.setattr(admission, "MIN_OFFLOAD_BYTES", 1024)
-    ingest = build_services(store).ingest
-    pool = ingest.admission = AdmissionPool(ingest.gate, 1)
-    bodies: list[int] = []
-    submit = pool.submit_body
+    ingest, bodies = with_worker
+    # Batches of ~250-byte messages: all but the smallest go to the worker.
+    running = consumer(store, ingest=ingest, batch_size=200, linger=0.05)
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    sent = 0
+    for k in range(300):
+        for s in (1, 2, 3):
+            stamp = (start + timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
+            value = -500.0 if (s == 1 and k % 100 == 50) else float(k)
+            doc = {
+                "pressure": {
+                    "type": "Property",
+                    "value": value,
+                    "unitCode": "MTR",
+                    "observedAt": stamp,
+                },
+                "flow": {"type": "Property", "value": 0.01, "unitCode": "MQS"},
+            }
+            if s == 3 and k == 120:
+                doc["macAddress"] = "00:11:22:33:44:55"
+            publish(f"{root}/{tenant}/{WATER}/{sensor(s)}", doc)
+            sent += 1
+    wait_for(settled(running, sent), f"{sent} messages", timeout=60)
 
-    def counted(raw: bytes, key_values: bool | None, max_batch: int) -> Any:
-        bodies.append(len(raw))
-        return submit(raw, key_values, max_batch)
-
-    pool.submit_body = counted  # type: ignore[method-assign]
-    try:
-        # Batches of ~250-byte messages: all but the smallest go to the worker.
-        running = consumer(store, ingest=ingest, batch_size=200, linger=0.05)
-        start = datetime(2024, 5, 1, tzinfo=UTC)
-        sent = 0
-        for k in range(300):
-            for s in (1, 2, 3):
-                stamp = (start + timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
-                value = -500.0 if (s == 1 and k % 100 == 50) else float(k)
-                doc = {
-                    "pressure": {
-                        "type": "Property",
-                        "value": value,
-                        "unitCode": "MTR",
-                        "observedAt": stamp,
-                    },
-                    "flow": {"type": "Property", "value": 0.01, "unitCode": "MQS"},
-                }
-                if s == 3 and k == 120:
-                    doc["macAddress"] = "00:11:22:33:44:55"
-                publish(f"{root}/{tenant}/{WATER}/{sensor(s)}", doc)
-                sent += 1
-        wait_for(settled(running, sent), f"{sent} messages", timeout=60)
-
-        stats = running.stats()
-        assert (stats.accepted, stats.dead_lettered) == (sent - 4, 4)
-        assert stats.batches >= 4
-        # The batches went to the worker (over its threshold), each one once: a batch
-        # prepared ahead is the batch stored next.
-        assert sum(size >= 1024 for size in bodies) >= 2
-        assert len(bodies) == stats.batches
-        stored = entities(store, tenant)
-        assert {eid: s.entity["pressure"]["value"] for eid, s in stored.items()} == {
-            sensor(1): 299.0,
-            sensor(2): 299.0,
-            sensor(3): 299.0,
-        }
-        history = readings(store, tenant)
-        assert len(history) == sent - 4
-        by_sensor = sorted((o.entity_id, o.observed_at) for o in history)
-        assert len(set(by_sensor)) == len(by_sensor)  # nothing stored twice
-        reasons = sorted(d.reason for d in letters(store))
-        assert len(reasons) == 4
-        assert sum("'pressure' = -500" in r for r in reasons) == 3
-        assert sum("macAddress" in r for r in reasons) == 1
-    finally:
-        pool.close()
+    stats = running.stats()
+    assert (stats.accepted, stats.dead_lettered) == (sent - 4, 4)
+    assert stats.batches >= 4
+    # The batches went to the worker (over its threshold), each one once: a batch
+    # prepared ahead is the batch stored next.
+    assert sum(size >= 1024 for size in bodies) >= 2
+    assert len(bodies) == stats.batches
+    stored = entities(store, tenant)
+    assert {eid: s.entity["pressure"]["value"] for eid, s in stored.items()} == {
+        sensor(1): 299.0,
+        sensor(2): 299.0,
+        sensor(3): 299.0,
+    }
+    history = readings(store, tenant)
+    assert len(history) == sent - 4
+    by_sensor = sorted((o.entity_id, o.observed_at) for o in history)
+    assert len(set(by_sensor)) == len(by_sensor)  # nothing stored twice
+    reasons = sorted(d.reason for d in letters(store))
+    assert len(reasons) == 4
+    assert sum("'pressure' = -500" in r for r in reasons) == 3
+    assert sum("macAddress" in r for r in reasons) == 1
 
 
 @services
 def test_with_admission_workers_plain_readings_are_admitted_in_the_consumer(
-    store: DuckDBStore, consumer: Consumers, publish: Publish, root: str, tenant: str
+    with_worker: WithWorker,
+    store: DuckDBStore,
+    consumer: Consumers,
+    publish: Publish,
+    root: str,
+    tenant: str,
 ) -> None:
     """Batches of keyValues readings (numbers only) take the gate's fast path in the
     consumer: the trip to a worker and back would cost more. A batch holding anything else
     goes to the worker and gets the full gate."""
-    from civica.app import build_services
-    from civica.ingest.admission import AdmissionPool
+    ingest, bodies = with_worker
+    running = consumer(store, ingest=ingest, batch_size=500, linger=0.05)
+    publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": -500})  # out of range
+    publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"macAddress": "00:11:22:33:44:55"})
+    wait_for(settled(running, 2), "the refused messages")
+    assert 1 <= len(bodies) <= 2  # not plain readings: to the worker
+    reasons = sorted(d.reason for d in letters(store))
+    assert any("'pressure' = -500" in r for r in reasons)
+    assert any("macAddress" in r for r in reasons)
 
-    ingest = build_services(store).ingest
-    pool = ingest.admission = AdmissionPool(ingest.gate, 1)
-    bodies: list[int] = []
-    submit = pool.submit_body
-
-    def counted(raw: bytes, key_values: bool | None, max_batch: int) -> Any:
-        bodies.append(len(raw))
-        return submit(raw, key_values, max_batch)
-
-    pool.submit_body = counted  # type: ignore[method-assign]
-    try:
-        running = consumer(store, ingest=ingest, batch_size=500, linger=0.05)
-        publish(f"{root}/{tenant}/{WATER}/{sensor(1)}", {"pressure": -500})  # out of range
-        publish(f"{root}/{tenant}/{WATER}/{sensor(2)}", {"macAddress": "00:11:22:33:44:55"})
-        wait_for(settled(running, 2), "the refused messages")
-        assert 1 <= len(bodies) <= 2  # not plain readings: to the worker
-        reasons = sorted(d.reason for d in letters(store))
-        assert any("'pressure' = -500" in r for r in reasons)
-        assert any("macAddress" in r for r in reasons)
-
-        offloaded = len(bodies)
-        for k in range(200):
-            publish(f"{root}/{tenant}/{WATER}/{sensor(k % 7)}", {"pressure": 2.0 + k % 3})
-        wait_for(settled(running, 202), "202 messages")
-        stats = running.stats()
-        assert (stats.accepted, stats.dead_lettered) == (200, 2)
-        assert len(bodies) == offloaded  # the plain readings stayed in the consumer
-        assert len(readings(store, tenant)) == 200
-        assert entities(store, tenant)[sensor(6)].entity["pressure"]["value"] == 2.0 + 195 % 3
-    finally:
-        pool.close()
+    offloaded = len(bodies)
+    for k in range(200):
+        publish(f"{root}/{tenant}/{WATER}/{sensor(k % 7)}", {"pressure": 2.0 + k % 3})
+    wait_for(settled(running, 202), "202 messages")
+    stats = running.stats()
+    assert (stats.accepted, stats.dead_lettered) == (200, 2)
+    assert len(bodies) == offloaded  # the plain readings stayed in the consumer
+    assert len(readings(store, tenant)) == 200
+    assert entities(store, tenant)[sensor(6)].entity["pressure"]["value"] == 2.0 + 195 % 3
 
 
 class SlowFlakyStore(DuckDBStore):
