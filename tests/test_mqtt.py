@@ -536,7 +536,7 @@ def test_with_admission_workers_batches_are_stored_in_order_and_bad_messages_dea
         for s in (1, 2, 3):
             stamp = (start + timedelta(seconds=k)).isoformat().replace("+00:00", "Z")
             value = -500.0 if (s == 1 and k % 100 == 50) else float(k)
-            doc = {
+            doc: dict[str, Any] = {
                 "pressure": {
                     "type": "Property",
                     "value": value,
