@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,43 @@ def control(
         except (SumoError, ControlError, ScenarioError, ValueError) as err:
             raise _fail(err) from err
     click.echo(json.dumps(result.as_dict(), indent=2))
+
+
+@traffic.command()
+@click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}.")
+@click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--net", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@click.option("--seconds", type=float, default=3600.0, show_default=True, help="The window.")
+@click.option("--demand-scale", type=float, default=1.0, show_default=True)
+def capacity(
+    name: str | None,
+    sumocfg: Path | None,
+    net: Path | None,
+    routes: tuple[Path, ...],
+    seconds: float,
+    demand_scale: float,
+) -> None:
+    """How much of the time each light must be green to serve its demand, at the least.
+
+    A bound no signal controller can beat (generous to the junction: no lost time, permissive
+    greens as full greens, discharge at the car-following limit). Over 1: the light cannot
+    carry its demand whatever the control; JSON, busiest light first.
+    """
+    from civica.domains.traffic.capacity import capacity_report
+
+    try:
+        scenario = _scenario(name, sumocfg, net, routes)
+        if not scenario.route_files:
+            raise ScenarioError("the capacity bound needs the scenario's route files")
+        report = capacity_report(
+            scenario.net_file, scenario.route_files, scenario.begin, seconds, demand_scale
+        )
+    except (ScenarioError, ValueError, OSError) as err:
+        raise _fail(err) from err
+    except ET.ParseError as err:
+        raise _fail(ScenarioError(f"unreadable SUMO XML: {err}")) from err
+    click.echo(json.dumps({"scenario": scenario.name, **report}, indent=2))
 
 
 def _open_store(db: str | None) -> Store:
