@@ -841,25 +841,22 @@ class _Flight:
 
     def write(self) -> None:
         """Write every part (any thread); what fails is kept in the part."""
+        self._settle(BegunUpsert.finish)
+
+    def abandon(self) -> None:
+        """Refuse the writes: a batch merged before this one must be stored again first."""
+        self._settle(BegunUpsert.abandon)
+
+    def _settle(self, how: Callable[[BegunUpsert], BatchOutcome]) -> None:
         try:
             for part in self.parts:
                 if part.outcome is None and part.failure is None:
                     try:
-                        part.outcome = part.begun.finish()
+                        part.outcome = how(part.begun)
                     except Exception as err:
                         part.failure = err
         finally:
             self.done.set()
-
-    def abandon(self) -> None:
-        """Refuse the writes: a batch merged before this one must be stored again first."""
-        for part in self.parts:
-            if part.outcome is None and part.failure is None:
-                try:
-                    part.outcome = part.begun.abandon()
-                except Exception as err:
-                    part.failure = err
-        self.done.set()
 
     @property
     def store_again(self) -> bool:
