@@ -27,6 +27,7 @@ class Receiver:
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.answers: list[int] = []  # status codes to answer first (then 204)
         self._cond = threading.Condition()
         receiver = self
 
@@ -37,7 +38,9 @@ class Receiver:
                     receiver.bodies.append(orjson.loads(raw))
                     receiver.headers.append(dict(self.headers))
                     receiver._cond.notify_all()
-                self.send_response(204)
+                    status = receiver.answers.pop(0) if receiver.answers else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -304,8 +307,40 @@ def test_failed_delivery_is_reported(live: LiveServer) -> None:
 
         wait_until(failed)
         note = c.get(f"{BASE}/subscriptions/{sid}").json()["notification"]
-        assert note["timesSent"] == 1
+        assert note["timesSent"] >= 1  # and it keeps trying, backing off
         assert "lastSuccess" not in note and note["lastFailure"]
+
+
+def test_a_busy_endpoint_gets_the_latest_state_once_it_answers(
+    live: LiveServer, receiver: Receiver
+) -> None:
+    """503, 503, then 204: the changes are kept and sent again (after 1 s, then 2 s), with
+    the newest state of each entity; then the subscription reports success again."""
+    receiver.answers = [503, 503]
+    with live.client() as c:
+        sid = create(c, subscription(receiver.url))
+        assert c.post(f"{BASE}/entities", json=pipe(10)).status_code == 201
+        receiver.wait_for(1)
+        patch(c, pressure=11)  # while the endpoint is down: delivered with the retry
+        bodies = receiver.wait_for(3, timeout=10)
+        assert [b["data"][0]["pressure"]["value"] for b in bodies[:3]] == [10, 11, 11]
+        note = c.get(f"{BASE}/subscriptions/{sid}").json()["notification"]
+        assert note["status"] == "ok" and note["lastSuccess"] >= note["lastFailure"]
+        assert note["timesSent"] == 3
+
+
+def test_an_endpoint_that_refuses_the_notification_is_not_asked_again(
+    live: LiveServer, receiver: Receiver
+) -> None:
+    receiver.answers = [400]
+    with live.client() as c:
+        sid = create(c, subscription(receiver.url))
+        assert c.post(f"{BASE}/entities", json=pipe(10)).status_code == 201
+        receiver.wait_for(1)
+        time.sleep(2.5)  # a retry would have come after 1 s
+        assert len(receiver.bodies) == 1
+        note = c.get(f"{BASE}/subscriptions/{sid}").json()["notification"]
+        assert note["status"] == "failed" and note["timesSent"] == 1
 
 
 def test_tenant_scoped_notifications(live: LiveServer, receiver: Receiver) -> None:

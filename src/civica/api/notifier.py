@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 CONTEXT_REL = "http://www.w3.org/ns/json-ld#context"
 _WAKE = object()  # put on the queue to make the worker look at its flags
 
+RETRY_MAX_S = 60.0  # the longest wait between two tries of a failed notification
+
 
 @dataclass(frozen=True)
 class NotifierSettings:
@@ -206,6 +208,7 @@ class _Live:
     stats: Stats
     pending: dict[str, Entity] = field(default_factory=dict)
     last_sent: float | None = None  # time.monotonic() of the last send
+    failures: int = 0  # deliveries failed in a row; the next try waits 1, 2, 4 ... 60 s
 
 
 class Notifier:
@@ -393,10 +396,24 @@ class Notifier:
                 live.last_sent = tick
                 batch.append((live, entities))
         for live, entities in batch:
-            if live.sub.live(utcnow()):
-                self._send(client, live, entities)
+            if not live.sub.live(utcnow()):
+                continue
+            delivered = self._send(client, live, entities)
+            with self._lock:
+                if delivered is not False:
+                    live.failures = 0
+                    continue
+                # The endpoint is down or busy: keep the changes (newer ones win) and try
+                # again later, backing off, for as long as the subscription lives.
+                for entity in entities:
+                    live.pending.setdefault(entity["id"], entity)
+                live.failures += 1
+                delay = min(RETRY_MAX_S, 2.0 ** (live.failures - 1))
+                self._due[(live.tenant, live.sub.id)] = time.monotonic() + delay
 
-    def _send(self, client: httpx.Client, live: _Live, entities: list[Entity]) -> None:
+    def _send(self, client: httpx.Client, live: _Live, entities: list[Entity]) -> bool | None:
+        """POST one notification: True if delivered, False if worth trying again (no
+        answer, 408, 429, 5xx), None if not (the endpoint refused it, or is not allowed)."""
         sub = live.sub
         ctx = self._context(sub)
         data = []
@@ -419,6 +436,7 @@ class Notifier:
         if live.tenant != DEFAULT_TENANT:
             headers["NGSILD-Tenant"] = live.tenant
         ok = False
+        retry: bool | None = None
         if not self.settings.allows(sub.uri):
             log.warning("subscription %s: endpoint %s is not allowed", sub.id, sub.uri)
         else:
@@ -426,10 +444,11 @@ class Notifier:
                 resp = client.post(sub.uri, content=orjson.dumps(body), headers=headers)
                 ok = resp.is_success
                 if not ok:
-                    log.warning(
-                        "subscription %s: %s answered %d", sub.id, sub.uri, resp.status_code
-                    )
+                    code = resp.status_code
+                    retry = code in (408, 429) or code >= 500 or None
+                    log.warning("subscription %s: %s answered %d", sub.id, sub.uri, code)
             except httpx.HTTPError as err:
+                retry = True
                 log.warning("subscription %s: POST %s failed: %s", sub.id, sub.uri, err)
         with self._lock:
             stats = live.stats
@@ -440,6 +459,9 @@ class Notifier:
                 stats.last_success = sent_at
             else:
                 stats.last_failure = sent_at
+        if ok:
+            return True
+        return False if retry else None
 
     def _context(self, sub: Subscription) -> LdContext:
         if sub.context is None:
