@@ -28,6 +28,7 @@ LANGUAGE_PROPERTY = "LanguageProperty"
 ATTRIBUTE_TYPES = frozenset({PROPERTY, RELATIONSHIP, GEO_PROPERTY, LANGUAGE_PROPERTY})
 GEO_ATTRIBUTES = frozenset({"location", "observationSpace", "operationSpace"})
 SYSTEM_MEMBERS = frozenset({"createdAt", "modifiedAt"})
+ID_AND_TYPE = frozenset({"id", "type"})  # every other top-level member is an attribute
 ENTITY_MEMBERS = frozenset({"id", "type", "@context", "scope"}) | SYSTEM_MEMBERS
 # Attribute members a client may send besides sub-attributes.
 _ATTRIBUTE_MEMBERS = (
@@ -318,7 +319,7 @@ def observations(entity: Entity, received_at: datetime) -> list[Observation]:
     eid, etype = entity["id"], entity.get("type", "")
     make = _new_observation
     for name, attr in entity.items():
-        if name in _MEMBERS or attr.get("type") != PROPERTY:
+        if name in ID_AND_TYPE or attr.get("type") != PROPERTY:
             continue
         value = attr["value"]
         observed = attr.get("observedAt")
@@ -335,13 +336,12 @@ def observations(entity: Entity, received_at: datetime) -> list[Observation]:
     return rows
 
 
-_MEMBERS = frozenset({"id", "type"})
 # Building the tuple directly skips the named tuple's keyword-handling constructor.
 _new_observation = tuple.__new__
 
 
 def attribute_names(entity: Entity) -> list[str]:
-    return [k for k in entity if k not in ("id", "type")]
+    return [k for k in entity if k not in ID_AND_TYPE]
 
 
 def to_key_values(entity: Entity) -> dict[str, Any]:

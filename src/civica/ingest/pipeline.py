@@ -18,6 +18,7 @@ import pyarrow as pa
 from civica.core.bus import EntityChanged, EventBus, ObservationsAdded
 from civica.core.clock import Clock, SystemClock
 from civica.core.entity import (
+    ID_AND_TYPE,
     Entity,
     Observation,
     check_entity_id,
@@ -38,8 +39,6 @@ from civica.core.problems import (
 from civica.core.store import PreparedWrite, Store, StoredEntity
 from civica.ingest.admission import AdmissionPool, admit, admit_all, admit_body
 from civica.privacy.gate import PrivacyGate
-
-_ID_TYPE = frozenset(("id", "type"))
 
 
 @dataclass
@@ -569,9 +568,9 @@ class Ingest:
         for c in changes:
             fragments = c.fragments
             if len(fragments) == 1:
-                changed = frozenset(fragments[0]).difference(_ID_TYPE)
+                changed = frozenset(fragments[0]).difference(ID_AND_TYPE)
             else:
-                changed = frozenset(k for f in fragments for k in f).difference(_ID_TYPE)
+                changed = frozenset(k for f in fragments for k in f).difference(ID_AND_TYPE)
             events.append(EntityChanged(tenant, c.stored.entity, changed, c.created))
         self.bus.publish_all(events)
 

@@ -15,6 +15,7 @@ from civica.core.entity import (
     ENTITY_MEMBERS,
     GEO_ATTRIBUTES,
     GEO_PROPERTY,
+    ID_AND_TYPE,
     PROPERTY,
     RELATIONSHIP,
     Entity,
@@ -40,8 +41,6 @@ from civica.privacy.forbidden import forbidden_keys, forbidden_name, forbidden_v
 
 _CORE_MEMBERS = frozenset({"type", "value", "object", "languageMap", "observedAt", "unitCode"})
 _READING = frozenset({"type", "value", "observedAt", "unitCode"})
-
-_ID_TYPE = frozenset(("id", "type"))
 
 
 def refusal(attribute: str, why: str) -> Problem:
@@ -94,7 +93,7 @@ class PrivacyGate:
         out: Entity = {"id": eid, "type": etype}
         numbers = self._plain_numbers
         for name, raw in doc.items():
-            if name in _ID_TYPE:
+            if name in ID_AND_TYPE:
                 continue
             kind = type(raw)
             if kind is float:

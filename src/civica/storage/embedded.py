@@ -23,7 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from civica.core.entity import Entity, Observation
+from civica.core.entity import Entity, Observation, attribute_names
 from civica.core.geo import bbox_of, haversine_m
 from civica.core.readings import timestamp_array
 from civica.core.store import (
@@ -98,8 +98,6 @@ create table if not exists subscriptions (
 );
 create table if not exists schema_info (version integer not null);
 """
-
-_ID_TYPE = frozenset(("id", "type"))
 
 
 class DatabaseInUseError(OSError):
@@ -271,7 +269,7 @@ class DuckDBStore:
             eid = entity["id"]
             hit = cached(tenant, eid)
             key = keys[eid] = hit.key if hit is not None else entity_key(tenant, eid)
-            names = tuple(k for k in entity if k not in _ID_TYPE)
+            names = tuple(attribute_names(entity))
             state = _CachedState(
                 eid, str(entity.get("type", "")), dumps(entity).decode(), names, box,
                 s.created_at, s.modified_at, key, s,
