@@ -105,13 +105,12 @@ class PrivacyGate:
             if decl is None:
                 return None
             value = float(raw) if decl.unit else raw
-            lo, hi = decl.minimum, decl.maximum
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
+            attr: dict[str, Any] = {"type": PROPERTY, "value": value}
+            try:  # the full path's own unit and range check
+                attr["value"] = _in_units(decl, name, value, attr)
+            except Problem:
                 return None
-            if decl.unit:
-                out[name] = {"type": PROPERTY, "value": value, "unitCode": decl.unit}
-            else:
-                out[name] = {"type": PROPERTY, "value": value}
+            out[name] = attr
         return out
 
     def _plain_type(self, etype: str) -> EntityTypeSpec | None:
