@@ -75,11 +75,7 @@ class EventBus:
             self._handlers.append(handler)
 
     def publish(self, event: Any) -> None:
-        for handler in list(self._handlers):
-            try:
-                handler(event)
-            except Exception:  # a failing consumer must never break ingest
-                log.exception("event handler %r failed", handler)
+        self.publish_all((event,))
 
     def publish_all(self, events: Sequence[Any]) -> None:
         """``publish`` each event, in order (a batch's events: one look at the handlers)."""
