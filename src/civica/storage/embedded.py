@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from civica.core.entity import Entity, Observation, attribute_names
 from civica.core.geo import bbox_of, haversine_m
-from civica.core.readings import timestamp_array
+from civica.core.readings import readings_table, timestamp_array
 from civica.core.store import (
     ApiKeyRecord,
     DeadLetter,
@@ -212,7 +212,7 @@ class DuckDBStore:
         with self._write_lock:  # a write since the read made these rows stale for the cache
             if states.generation == generation:
                 for state in fetched:
-                    states.put(tenant, state.id, state)
+                    states.put(tenant, state)
         for state in fetched:
             found[state.id] = StoredEntity(
                 orjson.loads(state.doc), state.created_at, state.modified_at
@@ -243,7 +243,7 @@ class DuckDBStore:
             # Oldest first, so the most recent end up at the young end of the cache.
             for tenant, state in zip(reversed(tenants), reversed(fetched), strict=True):
                 if states.get(tenant, state.id) is None:
-                    states.put(tenant, state.id, state)
+                    states.put(tenant, state)
         return len(fetched)
 
     def write(
@@ -833,15 +833,8 @@ class _StateCache:
     def get(self, tenant: str, eid: str) -> _CachedState | None:
         return self._rows.get((tenant, eid))
 
-    def put(self, tenant: str, eid: str, state: _CachedState) -> None:
-        if self.capacity <= 0:
-            return
-        rows = self._rows
-        rows.pop((tenant, eid), None)  # re-inserted at the young end
-        rows[(tenant, eid)] = state
-        if len(rows) > self.capacity:
-            for key in list(itertools.islice(rows, max(1, self.capacity // 8))):
-                del rows[key]
+    def put(self, tenant: str, state: _CachedState) -> None:
+        self.put_all(tenant, (state,))
 
     def put_all(self, tenant: str, states: Sequence[_CachedState]) -> None:
         if self.capacity <= 0:
@@ -1030,21 +1023,4 @@ def _keyed_readings(tenant: str, table: pa.Table, known: Mapping[str, int]) -> p
 def _observation_table(
     tenant: str, rows: Sequence[Observation], known: Mapping[str, int]
 ) -> pa.Table:
-    ids, types, attributes, times, nums, texts, units = zip(*rows, strict=True)
-    keys: dict[str, int] = dict(known)
-    for eid in ids:
-        if eid not in keys:
-            keys[eid] = entity_key(tenant, eid)
-    return pa.table(
-        {
-            "tenant": pa.array([tenant] * len(rows), pa.string()),
-            "entity_key": pa.array(list(map(keys.__getitem__, ids)), pa.int64()),
-            "entity_id": pa.array(ids, pa.string()),
-            "entity_type": pa.array(types, pa.string()),
-            "attribute": pa.array(attributes, pa.string()),
-            "observed_at": timestamp_array(times),
-            "value_num": pa.array(nums, pa.float64()),
-            "value_json": pa.array(texts, pa.string()),
-            "unit": pa.array(units, pa.string()),
-        }
-    )
+    return _keyed_readings(tenant, readings_table(rows), known)
