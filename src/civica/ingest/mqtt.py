@@ -543,12 +543,6 @@ class MqttIngest:
             return None
         return out
 
-    def _settle(self, batch: list[_Message], prepared: _Prepared | None = None) -> list[_Message]:
-        """Store a batch now, dead-letter what fails, ack what is settled; return what is not."""
-        flight = self._begin(batch, prepared)
-        flight.write()
-        return self._land(flight)
-
     def _begin(self, batch: list[_Message], prepared: _Prepared | None = None) -> _Flight:
         """Admit a batch (or take what the workers admitted) and merge it, one part a tenant.
 
