@@ -117,25 +117,30 @@ def _progress() -> Progress:
     )
 
 
-def _scenario_options(command: Callable[..., None]) -> Callable[..., None]:
-    """--scenario | --sumocfg | --net with --routes (what :func:`_scenario` resolves), and the
-    run's --seed and --demand-scale."""
-    for option in reversed(
-        (
-            click.option(
-                "--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}."
-            ),
-            click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path)),
-            click.option("--net", type=click.Path(dir_okay=False, path_type=Path)),
-            click.option(
-                "--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True
-            ),
-            click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--demand-scale", type=float, default=1.0, show_default=True),
-        )
-    ):
+_SOURCE_OPTIONS = (
+    click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}."),
+    click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--net", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True),
+)
+_DEMAND_SCALE = click.option("--demand-scale", type=float, default=1.0, show_default=True)
+
+
+def _with(command: Callable[..., None], options: tuple[Any, ...]) -> Callable[..., None]:
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def _scenario_source_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--scenario | --sumocfg | --net with --routes: what :func:`_scenario` resolves."""
+    return _with(command, _SOURCE_OPTIONS)
+
+
+def _scenario_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The scenario source options and the run's --seed and --demand-scale."""
+    seed = click.option("--seed", type=int, default=0, show_default=True)
+    return _with(command, (*_SOURCE_OPTIONS, seed, _DEMAND_SCALE))
 
 
 @click.group()
@@ -194,12 +199,9 @@ def control(
 
 
 @traffic.command()
-@click.option("--scenario", "name", default=None, help=f"RESCO: {', '.join(RESCO_SCENARIOS)}.")
-@click.option("--sumocfg", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--net", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--routes", type=click.Path(dir_okay=False, path_type=Path), multiple=True)
+@_scenario_source_options
 @click.option("--seconds", type=float, default=3600.0, show_default=True, help="The window.")
-@click.option("--demand-scale", type=float, default=1.0, show_default=True)
+@_DEMAND_SCALE
 def capacity(
     name: str | None,
     sumocfg: Path | None,
