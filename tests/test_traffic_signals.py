@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from civica.domains.traffic.junctions import ProgramPhase, SignalLayout, junction_of
+from civica.domains.traffic.control import SignalControl
+from civica.domains.traffic.junctions import (
+    Junction,
+    LaneReading,
+    ProgramPhase,
+    SignalLayout,
+    junction_of,
+)
 from civica.domains.traffic.metrics import trip_metrics
 from civica.domains.traffic.signals import SafeSignal, SafetyRules, Stage, yellow_and_all_red
 
@@ -103,3 +111,76 @@ def test_trip_metrics_count_unfinished_and_never_inserted(tmp_path: Path) -> Non
     # c was due at 899 s, d at 970 s: on their way; f was due at 100 s, g at 600 s: stuck
     assert metrics.stuck == 2
     assert trip_metrics(tripinfo).stuck == 0  # without the end time nothing is judged stuck
+
+
+class _FakeEngine:
+    """Just enough of SumoEngine for SignalControl: one light, fixed lane readings."""
+
+    def __init__(self, layout: SignalLayout, halting: dict[str, int]) -> None:
+        self.layout = layout
+        self.halting = halting
+        self.time = 0.0
+        self.shown: list[tuple[float, str]] = []
+
+    def signals(self) -> tuple[SignalLayout, ...]:
+        return (self.layout,)
+
+    def phase_index(self, tls_id: str) -> int:
+        return 2  # the programme shows "GGr": lanes a and b
+
+    def set_state(self, tls_id: str, state: str) -> None:
+        self.shown.append((self.time, state))
+
+    def upstream_lanes(
+        self, lanes: set[str], reach_m: float, stop_at: set[str]
+    ) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    def watch_lanes(self, lanes: set[str]) -> None:
+        pass
+
+    def lane_readings(self) -> dict[str, LaneReading]:
+        return {lane: LaneReading(n, n, 0.0) for lane, n in self.halting.items()}
+
+    def step(self) -> None:
+        self.time += 1.0
+
+
+class _Always:
+    """A controller that always asks for the same green: only maximum red gets the rest."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+
+    def choose(
+        self, junction: Junction, signal: SafeSignal, lanes: Mapping[str, LaneReading], now: float
+    ) -> int | None:
+        return junction.greens.index(self.state)
+
+
+def test_max_red_is_kept_per_lane_so_overlapping_phases_are_not_forced() -> None:
+    # "Grr" serves lane a alone (a protected turn), "GGr" serves a and b, "rrG" serves c.
+    # a and c always have a halted vehicle and the controller always wants "GGr". a is
+    # green whenever "GGr" is, so "Grr" must never be forced (a rule per phase would force
+    # it every max red); c must be served within max red every time.
+    layout = SignalLayout(
+        "J",
+        "0",
+        (ProgramPhase("Grr", 10), ProgramPhase("rrG", 10), ProgramPhase("GGr", 10)),
+        (("a", "x"), ("b", "y"), ("c", "z")),
+    )
+    engine = _FakeEngine(layout, {"a": 1, "b": 0, "c": 1})
+    rules = SafetyRules(min_green_s=5, yellow_s=3, all_red_s=2, max_red_s=30)
+    control = SignalControl(engine, _Always("GGr"), rules)  # type: ignore[arg-type]
+    while engine.time < 300:
+        control.step()
+    changes = control.changes()
+    assert "Grr" not in {c.state for c in changes if c.stage is Stage.GREEN}
+    # c's red spells: from the start (or the end of its green) to its next green
+    red_from, spells = 0.0, []
+    for change, following in zip(changes, changes[1:], strict=False):
+        if change.stage is Stage.GREEN and change.state == "rrG":
+            spells.append(change.time - red_from)
+            red_from = following.time
+    assert len(spells) >= 5
+    assert max(spells) <= rules.max_red_s + rules.yellow_s + rules.all_red_s

@@ -17,7 +17,7 @@ from civica.domains.traffic.engine import SumoEngine, SumoOptions
 from civica.domains.traffic.junctions import Junction, approach_reading, junction_of
 from civica.domains.traffic.metrics import TripMetrics, trip_metrics
 from civica.domains.traffic.scenarios import Scenario
-from civica.domains.traffic.signals import PhaseChange, SafeSignal, SafetyRules
+from civica.domains.traffic.signals import PhaseChange, SafeSignal, SafetyRules, Stage
 
 FIXED = "fixed"
 BEST_CONTROLLER = "queue-pressure"
@@ -125,6 +125,8 @@ class SignalControl:
         self.signals: dict[str, SafeSignal] = {}
         self.hand_backs: list[HandBack] = []
         self._pending: dict[str, int] = {}  # tls id -> index in hand_backs
+        # incoming lane -> when it last had green (maximum red is kept per lane, see _late)
+        self._lane_green: dict[str, float] = {}
         if controller is None:
             return
         now = engine.time
@@ -133,6 +135,7 @@ class SignalControl:
             start = junction.program_index.index(shown) if shown in junction.program_index else 0
             signal = SafeSignal(tls_id, junction.greens, rules, now, green=start)
             self.signals[tls_id] = signal
+            self._lane_green.update((lane, now) for group in junction.in_lanes for lane in group)
             engine.set_state(tls_id, signal.state)
         in_lanes = {lane for j in self.junctions.values() for group in j.in_lanes for lane in group}
         at_signals = {link[0] for layout in layouts for link in layout.links if link}
@@ -194,17 +197,37 @@ class SignalControl:
     def _decide(self, tls_id: str, signal: SafeSignal, lanes: Any, now: float) -> str | None:
         assert self.controller is not None
         junction = self.junctions[tls_id]
-        demand = [
-            any((r := lanes.get(lane)) is not None and r.halting > 0 for lane in group)
-            for group in junction.in_lanes
-        ]
-        target = signal.overdue(now, demand)
+        target = signal.overdue(now, self._late(junction, signal, lanes, now))
         wanted = self.controller.choose(junction, signal, lanes, now)
         if target is None:
             target = wanted
         if target is not None and signal.request(target, now):
             return signal.state
         return None
+
+    def _late(self, junction: Junction, signal: SafeSignal, lanes: Any, now: float) -> list[bool]:
+        """Per green phase, whether it holds a lane with a halted vehicle and no green for
+        the maximum red.
+
+        Maximum red is kept per lane, not per phase: where phases overlap (a protected-left
+        phase and a phase giving one approach all its links both serve the left-turn lane),
+        a phase whose lanes were all just served by another phase is not forced. A phase
+        with a late lane has itself been red at least that long, so SafeSignal's own check
+        agrees.
+        """
+        if signal.stage is Stage.GREEN:
+            for lane in junction.in_lanes[signal.green]:
+                self._lane_green[lane] = now
+        late = now - self.rules.max_red_s
+        return [
+            any(
+                (r := lanes.get(lane)) is not None
+                and r.halting > 0
+                and self._lane_green.get(lane, now) <= late
+                for lane in group
+            )
+            for group in junction.in_lanes
+        ]
 
     def changes(self) -> list[PhaseChange]:
         """Every change shown by the controlled signals, in time order."""
