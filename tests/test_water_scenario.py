@@ -163,3 +163,17 @@ def test_same_seed_same_scenario_and_other_steps(tmp_path: Path) -> None:
     generate(fine, tmp_path / "c")
     scenario = load_scenario(tmp_path / "c")
     assert scenario.step_s == 300 and len(scenario.readings) == 2 * 288
+
+
+def test_a_full_tank_spills_instead_of_pushing_heads_to_a_million_metres(tmp_path: Path) -> None:
+    """Net2 is fed by a well (a fixed negative demand). On a low-demand day its tank fills; a
+    closed full tank left EPANET nowhere to put the water and heads of about 10⁶ m came out.
+    Tanks now overflow, in the truth and in the written model, as real tanks do."""
+    generate(ScenarioConfig("Net2", days=7, leaks=0, seed=5000), tmp_path)
+    scenario = load_scenario(tmp_path)
+    level = scenario.readings[scenario.of_kind("level")[0]]
+    full = float(scenario.network.get_node(scenario.element(level.name)).max_level)
+    assert level.max() > full - 0.05, "the tank must fill in this scenario, or nothing is tested"
+    pressure = scenario.readings[scenario.of_kind("pressure")]
+    assert float(pressure.max().max()) < 150.0
+    assert all(tank.overflow for _, tank in scenario.network.tanks())

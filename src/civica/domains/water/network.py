@@ -296,6 +296,17 @@ def set_pressure_driven(wn: Model, required_m: float, minimum_m: float = 0.0) ->
     h.pressure_exponent = 0.5
 
 
+def allow_overflow(wn: Model) -> None:
+    """Let every tank spill when full (EPANET 2.2 tank overflow), as real tanks do.
+
+    Without it a full tank is closed, and a network fed by fixed injections (Net2's well is a
+    negative demand) has nowhere to put the water: EPANET then returns heads of a million
+    metres. What spills is water that entered the tank, so a meter on the tank's link still
+    closes the water balance."""
+    for _, tank in wn.tanks():
+        tank.overflow = True
+
+
 def set_demands(wn: Model, demand: pd.DataFrame, step_s: int) -> None:
     """Replace every junction's demand by its own time series (m³/s, one row per step)."""
     wn.options.time.pattern_timestep = step_s

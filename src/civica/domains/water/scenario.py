@@ -24,6 +24,10 @@ How the "real" network differs from the utility's model (all documented figures)
 - PDD: minimum pressure 0 m, required pressure from the network (see ``required_pressure``).
   A step EPANET cannot balance is carried on from (EPANET's default would end the run), its
   hydraulic readings and leak outflow are left empty, and truth.json counts such steps.
+- Tanks spill when full (EPANET 2.2 overflow), in the truth and in the written model: a full
+  tank is otherwise closed, and a network fed by fixed inflows (Net2's well) then has heads of
+  a million metres. Spilled water entered through the tank's metered link, so the water balance
+  still closes.
 - Sensors: placement and noise in sensors.py; water quality (``--quality``) in contamination.py.
 """
 
@@ -147,6 +151,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     engine.no_quality(truth_model)
     engine.set_timing(truth_model, duration, config.step_s)
     engine.set_pressure_driven(truth_model, required)
+    engine.allow_overflow(truth_model)
     engine.set_demands(truth_model, demand, config.step_s)
     engine.scale_roughness(
         truth_model,
@@ -230,6 +235,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     engine.no_quality(written)
     engine.set_timing(written, duration, config.step_s)
     engine.set_pressure_driven(written, required)
+    engine.allow_overflow(written)
     if config.quality:
         _chlorine(written, sources, np.ones(len(times)), config.step_s)
     engine.write_network(written, out / "network.inp")
