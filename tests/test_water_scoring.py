@@ -72,7 +72,10 @@ def test_far_report_is_a_false_alarm_but_counts_for_time_matched_localisation() 
     assert result["true_positives"] == 0 and result["false_positives"] == 1
     assert result["median_localisation_m"] is None
     assert result["median_localisation_time_matched_m"] == 500.0
+    assert result["reported_in_window"] == 1  # seen in time, placed too far
     assert result["f1"] == 0.0
+    late = score_detections([SMALL], [Detection("F", at(21))], distance)
+    assert late["reported_in_window"] == 0
 
 
 def test_the_nearest_undetected_leak_is_credited() -> None:

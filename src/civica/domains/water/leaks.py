@@ -63,7 +63,7 @@ import pandas as pd
 from civica.domains.water import network as engine
 from civica.domains.water.files import Scenario
 from civica.domains.water.network import WaterInputError
-from civica.domains.water.night_flow import metered_consumption
+from civica.domains.water.night_flow import consumption_and_model
 
 HOUR_S = 3600
 SEARCH_RADIUS_M = 300.0
@@ -83,6 +83,9 @@ class DetectorSettings:
     min_sigma_m: float = 0.02
     max_leak_share: float = 0.2  # of the mean consumption
     familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
+    balance_window_h: int = 24  # the water balance joins the windows at least this long
+    pressure_floor: float = 4.0  # an alarm needs this much of its GLR from the loggers alone
+    balance_floor: float = 0.03  # a day's demand level is never known better than this share
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class Evidence:
     loggers: tuple[str, ...]
     train_steps: int
     consumption: float  # m³/s, mean metered consumption on the leak-free days
+    balance: np.ndarray  # (steps,) m³/s, consumption the model's demand does not explain
+    balance_sd: np.ndarray  # (steps,) m³/s, its standard error
     notes: list[str] = field(default_factory=list)
 
 
@@ -152,7 +157,7 @@ def gather_evidence(
         for s in scenario.of_kind("level")
         if scenario.readings[s].notna().any()
     }
-    multiplier, consumption = _demand_multiplier(scenario)
+    multiplier, consumption, drawn = _demand_multiplier(scenario)
     table = engine.link_table(wn)
     hour = np.asarray(pd.DatetimeIndex(scenario.readings.index).hour)
     # one linearisation per hour of day, at its first reading
@@ -190,6 +195,7 @@ def gather_evidence(
         loggers=tuple(loggers),
         train_steps=train,
         consumption=float(np.nanmean(consumption[:train])),
+        **_water_balance(consumption, drawn, step, train, settings),
         notes=notes,
     )
 
@@ -216,19 +222,50 @@ def _loggers(scenario: Scenario, train: int) -> tuple[list[str], list[str]]:
     return usable, notes
 
 
-def _demand_multiplier(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
-    """Per step: the ratio of real to model consumption, and the real consumption (m³/s):
+def _demand_multiplier(scenario: Scenario) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step: the ratio of real to model consumption, the real consumption (m³/s):
     metered inflow plus the model's own unmetered injections (negative demands, e.g. wells),
-    which the tracking run keeps as modelled."""
-    metered = metered_consumption(scenario).to_numpy()
-    seconds = np.arange(len(metered)) * scenario.step_s
-    demand = np.asarray(engine.expected_demand(scenario.network, seconds), dtype=float)
-    drawn = np.clip(demand, 0.0, None).sum(axis=1)
-    injected = -np.clip(demand, None, 0.0).sum(axis=1)
+    which the tracking run keeps as modelled, and the model's own consumption (m³/s)."""
+    consumption, drawn = consumption_and_model(scenario)
     if not np.all(drawn > 0):
         raise WaterInputError(f"{scenario.directory}: the model has no demand to scale")
-    consumption = metered + injected
-    return np.clip(consumption / drawn, 0.05, 20.0), consumption
+    real = consumption.to_numpy()
+    return np.clip(real / drawn, 0.05, 20.0), real, drawn
+
+
+def _water_balance(
+    consumption: np.ndarray, drawn: np.ndarray, step: int, train: int, settings: DetectorSettings
+) -> dict[str, np.ndarray]:
+    """Every hour, the consumption of the last ``balance_window_h`` hours fitted as
+    ``(a + b·t) * model demand + q``: a demand level (weather, weekdays), free to drift over
+    the window, scales the model's patterns; a leak adds a flow ``q`` that does not follow them
+    (it runs at night too). ``q`` is taken relative to its level on the leak-free days; its
+    standard error is the fit's, widened for correlated residuals and floored at
+    ``balance_floor`` of the consumption: a leak must stand out from that to count here."""
+    steps = len(consumption)
+    window = settings.balance_window_h * HOUR_S // step
+    per_hour = max(1, HOUR_S // step)
+    q = np.full(steps, np.nan)
+    sd = np.full(steps, np.nan)
+    filled = pd.Series(consumption).interpolate(limit_direction="both").to_numpy()
+    for t in range(window - 1, steps, per_hour):
+        span = slice(t - window + 1, t + 1)
+        y, x = filled[span], drawn[span]
+        if not np.all(np.isfinite(y)) or np.ptp(x) <= 1e-9 * max(float(np.mean(x)), 1e-12):
+            continue  # no flow readings, or a flat model demand that cannot tell a from q
+        drift = np.linspace(-0.5, 0.5, len(x))
+        design = np.column_stack([x, x * drift, np.ones_like(x)])
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        left = y - design @ coef
+        rho = float(np.corrcoef(left[:-1], left[1:])[0, 1]) if np.std(left) > 0 else 0.0
+        inflation = (1 + min(max(rho, 0.0), 0.95)) / (1 - min(max(rho, 0.0), 0.95))
+        covariance = np.linalg.pinv(design.T @ design) * float(np.var(left)) * inflation
+        q[t], sd[t] = coef[-1], math.sqrt(max(float(covariance[-1, -1]), 0.0))
+    learned = q[window - 1 : max(train, window)]
+    if np.isfinite(learned).any():
+        q = q - float(np.nanmedian(learned))
+    floor = settings.balance_floor * float(np.nanmean(np.abs(filled[:train])))
+    return {"balance": q, "balance_sd": np.maximum(sd, floor)}
 
 
 def _unfamiliar(
@@ -269,37 +306,67 @@ def _normalise(
     return centred, sigma, slow
 
 
+class _Windows:
+    """The residual medians, their spreads and the pipe signatures of every scan window."""
+
+    def __init__(self, evidence: Evidence, settings: DetectorSettings) -> None:
+        self.evidence, self.settings = evidence, settings
+        self.per_hour = max(1, HOUR_S // evidence.step_s)
+        frame = pd.DataFrame(evidence.residual)
+        self.medians: dict[int, np.ndarray] = {}
+        self.spreads: dict[int, np.ndarray] = {}
+        self.shapes: dict[int, np.ndarray] = {}
+        for w in settings.windows_h:
+            span = w * self.per_hour
+            rolling = frame.rolling(span, min_periods=max(1, span // 2))
+            self.medians[w] = rolling.median().to_numpy()
+            self.spreads[w] = np.sqrt((1.25 * evidence.sigma) ** 2 / span + evidence.slow**2)
+            self.shapes[w] = _window_signature(evidence.signature, w)
+        self.hours = np.asarray(evidence.times.hour)
+
+    def statistic(
+        self, t: int, w: int, known: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The one-sided GLR per pipe and the leak size (m³/s) it implies, for the ``w``-hour
+        window ending at step ``t``, with the ``known`` leaks' signatures projected out; and
+        the same GLR from the pressure loggers alone (what can say *where*)."""
+        evidence, settings, spread = self.evidence, self.settings, self.spreads[w]
+        y = np.minimum(np.nan_to_num(self.medians[w][t]) / spread, settings.positive_cap)
+        shape = self.shapes[w][self.hours[t]] / spread[:, None]
+        scaled = [k / spread for k in known]
+        pressure_only, _ = _glr(y, shape, scaled)
+        if w >= settings.balance_window_h and np.isfinite(evidence.balance[t]):
+            # The water balance is one more "sensor": every pipe's leak adds its flow.
+            y, shape, scaled = _with_balance(
+                y, shape, scaled, evidence.balance[t], evidence.balance_sd[t]
+            )
+        stat, size = _glr(y, shape, scaled)
+        # A pipe that would need more than a fifth of the town's consumption to explain the
+        # pattern is not the answer: the inlet meters would show such a burst at once.
+        stat[size > settings.max_leak_share * evidence.consumption] = 0.0
+        return stat, size, pressure_only
+
+    def signature(self, t: int, w: int, pipe: int) -> np.ndarray:
+        """Pipe ``pipe``'s signature (m per m³/s per logger) over the window ending at ``t``."""
+        column: np.ndarray = self.shapes[w][self.hours[t]][:, pipe]
+        return column
+
+
 def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> list[LeakReport]:
     """Walk through the record hour by hour and raise an alarm per new leak."""
-    step, steps = evidence.step_s, len(evidence.times)
-    per_hour = max(1, HOUR_S // step)
-    frame = pd.DataFrame(evidence.residual)
-    medians = {
-        w: frame.rolling(w * per_hour, min_periods=max(1, w * per_hour // 2)).median().to_numpy()
-        for w in settings.windows_h
-    }
-    spreads = {
-        w: np.sqrt((1.25 * evidence.sigma) ** 2 / (w * per_hour) + evidence.slow**2)
-        for w in settings.windows_h
-    }
-    shapes = {w: _window_signature(evidence.signature, w) for w in settings.windows_h}
+    windows = _Windows(evidence, settings)
+    per_hour = windows.per_hour
     known: list[np.ndarray] = []  # signatures (m per m³/s) of leaks already reported
     reports: list[LeakReport] = []
     history: dict[int, list[float]] = {w: [] for w in settings.windows_h}
-    hours = np.asarray(evidence.times.hour)
     graph = engine.network_graph(wn)
     # The statistic runs from the first full window so that its level on the leak-free days
     # seeds the history the bar is set from; alarms only come after those days.
-    for t in range(per_hour - 1, steps, per_hour):
+    for t in range(per_hour - 1, len(evidence.times), per_hour):
         for w, base in zip(settings.windows_h, settings.thresholds, strict=True):
             if t < w * per_hour - 1:
                 continue
-            y = np.minimum(np.nan_to_num(medians[w][t]) / spreads[w], settings.positive_cap)
-            shape = shapes[w][hours[t]] / spreads[w][:, None]
-            stat, size = _glr(y, shape, [k / spreads[w] for k in known])
-            # A pipe that would need more than a fifth of the town's consumption to explain the
-            # pattern is not the answer: the inlet meters would show such a burst at once.
-            stat[size > settings.max_leak_share * evidence.consumption] = 0.0
+            stat, size, pressure_only = windows.statistic(t, w, known)
             best = int(np.argmax(stat))
             # The bar rises with the statistic's own recent level (constant false-alarm rate):
             # some networks' models simply err more, day in day out, than others'.
@@ -311,9 +378,11 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
             history[w].append(float(stat[best]))
             if t < evidence.train_steps or stat[best] < bar:
                 continue
+            if pressure_only[best] < settings.pressure_floor:
+                continue  # the meters say "a leak", the loggers cannot say where: wait
             pipe = _localise(stat, evidence, graph)
             index = evidence.pipes.index(pipe)
-            known.append(shapes[w][hours[t]][:, index])
+            known.append(windows.signature(t, w, index))
             reports.append(
                 LeakReport(pipe, evidence.times[t].to_pydatetime(), float(max(size[index], 0)))
             )
@@ -321,11 +390,38 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
     return reports
 
 
+def localise_at(
+    evidence: Evidence, wn: engine.Model, when: datetime, settings: DetectorSettings | None = None
+) -> str:
+    """The pipe the detector would name for a leak known to run at ``when``: its localisation
+    on its own, for the benchmark's "given the time, how close is the place?" figure."""
+    settings = settings or DetectorSettings()
+    windows = _Windows(evidence, settings)
+    w = max(settings.windows_h)
+    t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
+    t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
+    stat, _, _ = windows.statistic(t, w, [])
+    return _localise(stat, evidence, engine.network_graph(wn))
+
+
 def _window_signature(signature: np.ndarray, hours: int) -> np.ndarray:
     """For each hour of day, the mean signature over the ``hours`` ending then."""
     span = min(hours, 24)
     return np.stack(
         [np.mean([signature[(h - k) % 24] for k in range(span)], axis=0) for h in range(24)]
+    )
+
+
+def _with_balance(
+    y: np.ndarray, shape: np.ndarray, known: list[np.ndarray], excess: float, sd: float
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Append the water balance (unexplained consumption ``excess`` ± ``sd``, m³/s) to the
+    scaled residuals, every pipe's signature and every known leak's."""
+    unit = 1.0 / sd
+    return (
+        np.append(y, excess * unit),
+        np.vstack([shape, np.full((1, shape.shape[1]), unit)]),
+        [np.append(k, unit) for k in known],
     )
 
 

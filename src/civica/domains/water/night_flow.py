@@ -2,11 +2,11 @@
 
 At night almost nobody draws water, so the smallest inflow of the night is mostly leakage; a
 new leak raises it. Per day: the consumption the inlet meters show (flow out of reservoirs and
-tanks, hourly mean), its minimum between 02:00 and 04:00 UTC. The leak-free days give the
-normal level and spread (spread floored at 5 % of the level: two or three nights cannot
-estimate it). A night more than ``k`` spreads above normal raises an alarm at 04:00 for the
-excess flow; that night's level then becomes the new normal, so a second leak needs a second
-step.
+tanks, plus the model's unmetered injections such as wells; hourly mean), its minimum between
+02:00 and 04:00 UTC. The leak-free days give the normal level and spread (spread floored at
+5 % of the level: two or three nights cannot estimate it). A night more than ``k`` spreads
+above normal raises an alarm at 04:00 for the excess flow; that night's level then becomes the
+new normal, so a second leak needs a second step.
 
 MNF cannot say where a leak is. The report names the pipe at the network's centre of demand
 (the pipe nearest the demand-weighted centroid of the junctions), the guess that is on average
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from civica.domains.water import network as engine
@@ -62,9 +63,20 @@ def metered_consumption(scenario: Scenario) -> pd.Series:
     return consumption
 
 
+def consumption_and_model(scenario: Scenario) -> tuple[pd.Series, np.ndarray]:
+    """The town's consumption (m³/s) per step: metered inflow plus the model's own unmetered
+    injections (negative demands such as Net2's well, which run as modelled), and the model's
+    own consumption (its positive demands, m³/s) at the same steps."""
+    metered = metered_consumption(scenario)
+    seconds = np.arange(len(metered)) * scenario.step_s
+    demand = np.asarray(engine.expected_demand(scenario.network, seconds), dtype=float)
+    injected = -np.clip(demand, None, 0.0).sum(axis=1)
+    return metered + injected, np.clip(demand, 0.0, None).sum(axis=1)
+
+
 def night_minima(scenario: Scenario) -> pd.Series:
     """Minimum hourly-mean consumption (m³/s) in the night window, per day."""
-    consumption = metered_consumption(scenario)
+    consumption, _ = consumption_and_model(scenario)
     hourly = consumption.rolling(max(1, 3600 // scenario.step_s), min_periods=1).mean()
     night = hourly[(hourly.index.hour >= NIGHT_HOURS[0]) & (hourly.index.hour < NIGHT_HOURS[1])]
     return night.groupby(night.index.normalize()).min().dropna()

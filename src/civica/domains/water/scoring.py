@@ -18,7 +18,8 @@ Rules, applied to the reports in time order:
 - Delay is report time minus leak start (hours); localisation error is the network distance
   (m). Besides the medians over true positives, ``median_localisation_time_matched_m`` takes
   each leak's first report inside its window, however far, and ``median_delay_h_large`` covers
-  only leaks with a peak flow of at least 1 L/s.
+  only leaks with a peak flow of at least 1 L/s. ``reported_in_window`` counts the leaks with at
+  least one report inside their window, however far: detection without localisation.
 
 >>> from datetime import datetime, UTC
 >>> t = lambda h: datetime(2026, 1, 3, h, tzinfo=UTC)
@@ -138,6 +139,7 @@ def score_detections(
             [h for i, h in delays.items() if leaks[i].peak_flow >= LARGE_LEAK_M3S]
         ),
         "median_localisation_m": _median([gap for _, gap in found.values()]),
+        "reported_in_window": len(first_in_window),
         "median_localisation_time_matched_m": _median(
             [gap for _, gap in first_in_window.values() if math.isfinite(gap)]
         ),
