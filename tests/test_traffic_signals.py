@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def test_max_red_is_kept_per_lane_so_overlapping_phases_are_not_forced() -> None
     assert "Grr" not in {c.state for c in changes if c.stage is Stage.GREEN}
     # c's red spells: from the start (or the end of its green) to its next green
     red_from, spells = 0.0, []
-    for change, following in zip(changes, changes[1:], strict=False):
+    for change, following in itertools.pairwise(changes):
         if change.stage is Stage.GREEN and change.state == "rrG":
             spells.append(change.time - red_from)
             red_from = following.time

@@ -32,7 +32,9 @@ class SafetyRules:
     min_green_s: float = 5.0
     yellow_s: float = 3.0
     all_red_s: float = 2.0
-    max_red_s: float = 120.0  # a phase with waiting vehicles is served within this
+    # a lane with halted vehicles gets green within this (SignalControl tells overdue()
+    # which phases hold such a lane)
+    max_red_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.min_green_s < 1 or self.yellow_s < 1 or self.all_red_s < 0:
