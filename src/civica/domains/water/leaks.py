@@ -84,6 +84,8 @@ class DetectorSettings:
     max_leak_share: float = 0.2  # of the mean consumption
     familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
     balance_window_h: int = 24  # the water balance joins the windows at least this long
+    supply_margin: float = 5.0  # an inlet this many usual deviations off is a new supply state
+    supply_share: float = 0.1  # ... and at least this share of the consumption
     pressure_floor: float = 4.0  # an alarm needs this much of its GLR from the loggers alone
     balance_floor: float = 0.03  # a day's demand level is never known better than this share
 
@@ -180,6 +182,7 @@ def gather_evidence(
         tank_gain = np.stack([r.tank for r in responses])[hour]  # (steps, loggers, tanks)
         residual -= np.einsum("tsm,tm->ts", tank_gain, np.nan_to_num(level_gap))
     residual[_unfamiliar(tracked.pressure, hour, train, settings)] = np.nan
+    residual[_unusual_supply(scenario, hour, train, consumption, settings)] = np.nan
     residual, sigma, slow = _normalise(residual, hour, train, settings)
     signature = np.stack([r.pipe - r.uniform[:, None] for r in responses])
     pipes = tuple(table.links[i] for i in table.pipe_index)
@@ -283,6 +286,47 @@ def _unfamiliar(
     margin = np.maximum(settings.familiar_margin_m, 0.5 * (high - low))
     outside: np.ndarray = (model < (low - margin)[hour]) | (model > (high + margin)[hour])
     return outside
+
+
+def _unusual_supply(
+    scenario: Scenario,
+    hour: np.ndarray,
+    train: int,
+    consumption: np.ndarray,
+    settings: DetectorSettings,
+) -> np.ndarray:
+    """Steps where some inlet meter is far from what it read at that hour on the leak-free
+    days (a pump off that ran then, a source switched): a supply never seen while learning, in
+    which the uncalibrated model errs along the mains. A leak moves the inlets by its own
+    flow, spread over them; the bar is ``supply_margin`` times the meter's usual deviation and
+    at least ``supply_share`` of the consumption."""
+    wn = scenario.network
+    reservoirs = set(wn.reservoir_name_list)
+    meters = [
+        s
+        for s in scenario.of_kind("flow")
+        if scenario.readings[s].notna().any()
+        and scenario.element(s) in wn.link_name_list
+        and {
+            wn.get_link(scenario.element(s)).start_node_name,
+            wn.get_link(scenario.element(s)).end_node_name,
+        }
+        & reservoirs
+    ]
+    unusual = np.zeros(len(hour), dtype=bool)
+    floor = settings.supply_share * float(np.nanmean(np.abs(consumption[:train])))
+    for sensor in meters:
+        flow = _filled(scenario.readings[sensor]).rolling(4, min_periods=1).median().to_numpy()
+        profile = np.array(
+            [
+                np.nanmedian(flow[:train][hour[:train] == h]) if np.any(hour[:train] == h) else 0
+                for h in range(24)
+            ]
+        )
+        gap = np.abs(flow - profile[hour])
+        usual = float(np.nanmedian(gap[:train])) if train else 0.0
+        unusual |= gap > max(settings.supply_margin * usual, floor)
+    return unusual
 
 
 def _normalise(
