@@ -566,11 +566,7 @@ class Ingest:
             self.bus.publish(ObservationsAdded(tenant, tuple(rows)))
         events = []
         for c in changes:
-            fragments = c.fragments
-            if len(fragments) == 1:
-                changed = frozenset(fragments[0]).difference(ID_AND_TYPE)
-            else:
-                changed = frozenset(k for f in fragments for k in f).difference(ID_AND_TYPE)
+            changed = frozenset().union(*c.fragments).difference(ID_AND_TYPE)
             events.append(EntityChanged(tenant, c.stored.entity, changed, c.created))
         self.bus.publish_all(events)
 
