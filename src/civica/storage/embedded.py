@@ -281,8 +281,10 @@ class DuckDBStore:
             table = _keyed_readings(tenant, observations, keys) if observations.num_rows else None
         else:
             table = _observation_table(tenant, observations, keys) if observations else None
-        # The documents as the common write (readings of known entities) sends them.
-        docs = _doc_table(states) if states else None
+        # The documents as the common write (readings of known entities, same shape) sends
+        # them; write_prepared checks the shape again under its lock.
+        same = bool(states) and self._states.same_shape(tenant, states)
+        docs = _doc_table(states) if same else None
         return PreparedWrite(tenant, entities, observations, (states, table, docs))
 
     def write_prepared(self, writes: Sequence[PreparedWrite]) -> None:
