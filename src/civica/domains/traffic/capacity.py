@@ -25,13 +25,13 @@ through the network's connections, as SUMO's router would for an empty network.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 from scipy.optimize import linprog
 
@@ -81,8 +81,8 @@ def saturation_flow(speed: float, length: float = DEFAULT_LENGTH_M) -> float:
     return 3600.0 / headway
 
 
-def read_network(net: Path) -> tuple[dict[str, Junction], dict[str, dict[str, float]]]:
-    """The traffic lights of a SUMO network, and its edge graph with lengths."""
+def read_network(net: Path) -> tuple[dict[str, Junction], nx.DiGraph]:
+    """The traffic lights of a SUMO network, and its edge graph (edge lengths as ``length``)."""
     root = ET.parse(net).getroot()
     lane_speed: dict[str, float] = {}
     edge_length: dict[str, float] = {}
@@ -106,12 +106,12 @@ def read_network(net: Path) -> tuple[dict[str, Junction], dict[str, dict[str, fl
             green = frozenset(i for i, c in enumerate(state) if c in _MAY_PASS)
             if green not in junction.phases:
                 junction.phases.append(green)
-    graph: dict[str, dict[str, float]] = {}
+    graph = nx.DiGraph()
     for conn in root.iter("connection"):
         src, dst = conn.get("from", ""), conn.get("to", "")
         if src.startswith(":") or dst.startswith(":"):
             continue
-        graph.setdefault(src, {})[dst] = edge_length.get(dst, 1.0)
+        graph.add_edge(src, dst, length=edge_length.get(dst, 1.0))
         light = conn.get("tl")
         if light is None or light not in junctions:
             continue
@@ -123,9 +123,7 @@ def read_network(net: Path) -> tuple[dict[str, Junction], dict[str, dict[str, fl
     return junctions, graph
 
 
-def read_routes(
-    routes: Iterable[Path], graph: dict[str, dict[str, float]]
-) -> Iterator[tuple[float, list[str]]]:
+def read_routes(routes: Iterable[Path], graph: nx.DiGraph) -> Iterator[tuple[float, list[str]]]:
     """(departure, edges) of every vehicle: named routes, inline routes, routed trips."""
     for path in routes:
         root = ET.parse(path).getroot()
@@ -150,26 +148,15 @@ def _depart(text: str | None) -> float:
         return 0.0
 
 
-def shortest_path(graph: dict[str, dict[str, float]], start: str, goal: str) -> list[str]:
+def shortest_path(graph: nx.DiGraph, start: str, goal: str) -> list[str]:
     """Edges from ``start`` to ``goal`` (inclusive) by length; empty if there is no path."""
-    best = {start: 0.0}
-    previous: dict[str, str] = {}
-    queue = [(0.0, start)]
-    while queue:
-        cost, edge = heapq.heappop(queue)
-        if edge == goal:
-            out = [goal]
-            while out[-1] != start:
-                out.append(previous[out[-1]])
-            return out[::-1]
-        if cost > best.get(edge, float("inf")):
-            continue
-        for nxt, length in graph.get(edge, {}).items():
-            if cost + length < best.get(nxt, float("inf")):
-                best[nxt] = cost + length
-                previous[nxt] = edge
-                heapq.heappush(queue, (cost + length, nxt))
-    return []
+    if start == goal:
+        return [start]
+    try:
+        path: list[str] = nx.dijkstra_path(graph, start, goal, weight="length")
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return []
+    return path
 
 
 def junction_loads(
