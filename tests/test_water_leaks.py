@@ -241,7 +241,8 @@ def test_consumption_counts_the_unmetered_well(tmp_path: Path) -> None:
 def test_localise_at_names_a_pipe_near_a_leak_known_to_run(leaky: Path) -> None:
     scenario = load_scenario(leaky)
     evidence = gather_evidence(scenario, 2, DetectorSettings())
-    named = localise_at(evidence, scenario.network, (START + pd.Timedelta(days=4)).to_pydatetime())
+    when = (START + pd.Timedelta(days=4)).to_pydatetime()
+    (named,) = localise_at(evidence, scenario.network, [when])
     graph = engine.network_graph(scenario.network)
     assert engine.link_distance(graph, named, LEAK_PIPE) <= 1500.0
 

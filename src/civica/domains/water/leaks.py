@@ -52,6 +52,7 @@ uses readings up to t only.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -271,18 +272,32 @@ def _water_balance(
     return {"balance": q, "balance_sd": np.maximum(sd, floor)}
 
 
+def _by_hour(
+    values: np.ndarray,
+    hour: np.ndarray,
+    train: int,
+    reduce: Callable[..., np.ndarray],
+    empty: float,
+) -> np.ndarray:
+    """Per hour of day (first axis, 24), ``reduce`` over the leak-free steps at that hour;
+    ``empty`` for an hour with no finite value there."""
+    out = np.full((24, *values.shape[1:]), empty, dtype=float)
+    learn, hours = values[:train], hour[:train]
+    for h in range(24):
+        rows = learn[hours == h]
+        if len(rows) and np.isfinite(rows).any():
+            out[h] = reduce(rows, axis=0)
+    return out
+
+
 def _unfamiliar(
     model: np.ndarray, hour: np.ndarray, train: int, settings: DetectorSettings
 ) -> np.ndarray:
     """Steps where the model puts a logger outside the range it had at that hour on the
     leak-free days: an operating state (a tank run dry, a pump schedule) never seen there, in
     which the uncalibrated model errs by metres, so its residual is no evidence either way."""
-    low = np.full((24, model.shape[1]), np.inf)
-    high = np.full((24, model.shape[1]), -np.inf)
-    for h in range(24):
-        rows = model[:train][hour[:train] == h]
-        if len(rows):
-            low[h], high[h] = np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
+    low = _by_hour(model, hour, train, np.nanmin, np.inf)
+    high = _by_hour(model, hour, train, np.nanmax, -np.inf)
     margin = np.maximum(settings.familiar_margin_m, 0.5 * (high - low))
     outside: np.ndarray = (model < (low - margin)[hour]) | (model > (high + margin)[hour])
     return outside
@@ -300,29 +315,22 @@ def _unusual_supply(
     which the uncalibrated model errs along the mains. A leak moves the inlets by its own
     flow, spread over them; the bar is ``supply_margin`` times the meter's usual deviation and
     at least ``supply_share`` of the consumption."""
-    wn = scenario.network
-    reservoirs = set(wn.reservoir_name_list)
+    reservoirs = set(scenario.network.reservoir_name_list)
+    at_reservoir = {
+        name
+        for name, link in scenario.network.links()
+        if {link.start_node_name, link.end_node_name} & reservoirs
+    }
     meters = [
         s
         for s in scenario.of_kind("flow")
-        if scenario.readings[s].notna().any()
-        and scenario.element(s) in wn.link_name_list
-        and {
-            wn.get_link(scenario.element(s)).start_node_name,
-            wn.get_link(scenario.element(s)).end_node_name,
-        }
-        & reservoirs
+        if scenario.element(s) in at_reservoir and scenario.readings[s].notna().any()
     ]
     unusual = np.zeros(len(hour), dtype=bool)
     floor = settings.supply_share * float(np.nanmean(np.abs(consumption[:train])))
     for sensor in meters:
         flow = _filled(scenario.readings[sensor]).rolling(4, min_periods=1).median().to_numpy()
-        profile = np.array(
-            [
-                np.nanmedian(flow[:train][hour[:train] == h]) if np.any(hour[:train] == h) else 0
-                for h in range(24)
-            ]
-        )
+        profile = _by_hour(flow, hour, train, np.nanmedian, 0.0)
         gap = np.abs(flow - profile[hour])
         usual = float(np.nanmedian(gap[:train])) if train else 0.0
         unusual |= gap > max(settings.supply_margin * usual, floor)
@@ -333,12 +341,7 @@ def _normalise(
     residual: np.ndarray, hour: np.ndarray, train: int, settings: DetectorSettings
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Remove the hour-of-day median learned on the leak-free days; robust and slow spreads."""
-    learn = residual[:train]
-    profile = np.zeros((24, residual.shape[1]))
-    for h in range(24):
-        rows = learn[hour[:train] == h]
-        if len(rows) and np.isfinite(rows).any():
-            profile[h] = np.nan_to_num(np.nanmedian(rows, axis=0))
+    profile = np.nan_to_num(_by_hour(residual, hour, train, np.nanmedian, 0.0))
     # neighbouring hours share the estimate: 2-8 readings per hour are few
     profile = (np.roll(profile, 1, axis=0) + profile + np.roll(profile, -1, axis=0)) / 3
     centred = residual - profile[hour]
@@ -435,17 +438,24 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
 
 
 def localise_at(
-    evidence: Evidence, wn: engine.Model, when: datetime, settings: DetectorSettings | None = None
-) -> str:
-    """The pipe the detector would name for a leak known to run at ``when``: its localisation
-    on its own, for the benchmark's "given the time, how close is the place?" figure."""
+    evidence: Evidence,
+    wn: engine.Model,
+    times: Sequence[datetime],
+    settings: DetectorSettings | None = None,
+) -> list[str]:
+    """The pipe the detector would name for a leak known to run at each of ``times``: its
+    localisation on its own, for the benchmark's "given the time, how close is the place?"."""
     settings = settings or DetectorSettings()
     windows = _Windows(evidence, settings)
+    graph = engine.network_graph(wn)
     w = max(settings.windows_h)
-    t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
-    t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
-    stat, _, _ = windows.statistic(t, w, [])
-    return _localise(stat, evidence, engine.network_graph(wn))
+    named = []
+    for when in times:
+        t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
+        t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
+        stat, _, _ = windows.statistic(t, w, [])
+        named.append(_localise(stat, evidence, graph))
+    return named
 
 
 def _window_signature(signature: np.ndarray, hours: int) -> np.ndarray:
