@@ -47,7 +47,7 @@ from civica.domains.water.leaks import (
 )
 from civica.domains.water.network import link_distance, network_graph
 from civica.domains.water.night_flow import detect_mnf
-from civica.domains.water.scenario import ScenarioConfig, generate
+from civica.domains.water.scenario import ScenarioConfig, generate, is_current
 from civica.domains.water.scoring import score_files
 
 SEED_BASE = 5000  # benchmark seeds: apart from the small seeds used while developing
@@ -76,8 +76,8 @@ class Job:
 
 
 def ensure(job: Job) -> Path:
-    """Generate the scenario unless a complete copy is cached."""
-    if not (job.directory / "truth.json").is_file():
+    """Generate the scenario unless a complete copy by the current generator is cached."""
+    if not is_current(job.directory):
         config = ScenarioConfig(network=job.network, days=job.days, leaks=job.leaks, seed=job.seed)
         generate(config, job.directory)
     return job.directory

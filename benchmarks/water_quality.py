@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from civica.domains.water.quality import QualityConfig, detect_scenario
 from civica.domains.water.quality_scoring import GRACE_H, QualityScore, score_scenario
-from civica.domains.water.scenario import ScenarioConfig, generate
+from civica.domains.water.scenario import ScenarioConfig, generate, is_current
 
 TARGET_DETECTION = 0.90
 TARGET_FALSE_ALARMS_PER_WEEK = 1.0
@@ -49,7 +49,7 @@ class Job:
 def run_job(job: Job) -> tuple[Job, QualityScore, float, float]:
     """Generate (unless cached) and detect one scenario; return its score and the seconds spent."""
     started = time.perf_counter()
-    if not (job.directory / "truth.json").exists():
+    if not is_current(job.directory):
         partial = job.directory.with_name(job.directory.name + ".partial")
         config = ScenarioConfig(
             network=job.network, days=job.days, leaks=job.leaks, seed=job.seed, quality=True

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from civica.cli import main
 from civica.domains.water import network as engine
+from civica.domains.water import scenario as scenario_module
 from civica.domains.water.files import UNITS, load_scenario
-from civica.domains.water.scenario import ScenarioConfig, generate
+from civica.domains.water.scenario import ScenarioConfig, generate, generator_stamp, is_current
 
 STAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 
@@ -159,6 +160,10 @@ def test_same_seed_same_scenario_and_other_steps(tmp_path: Path) -> None:
     for name in ("readings.csv", "sensors.csv", "truth.json", "network.inp"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert len(load_scenario(tmp_path / "a").of_kind("pressure")) == 5
+    # a benchmark reuses a cached scenario only while the generator's code is the same
+    assert json.loads((tmp_path / "a" / "truth.json").read_text())["generator"] == generator_stamp()
+    assert is_current(tmp_path / "a")
+    assert not is_current(tmp_path / "missing")
     fine = ScenarioConfig("Net1", days=2, leaks=1, leak_free_days=1, seed=9, step_s=300)
     generate(fine, tmp_path / "c")
     scenario = load_scenario(tmp_path / "c")
@@ -177,3 +182,16 @@ def test_a_full_tank_spills_instead_of_pushing_heads_to_a_million_metres(tmp_pat
     pressure = scenario.readings[scenario.of_kind("pressure")]
     assert float(pressure.max().max()) < 150.0
     assert all(tank.overflow for _, tank in scenario.network.tanks())
+
+
+def test_a_scenario_from_older_generator_code_is_not_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cached benchmark scenarios written by older generator code must be generated again
+    (the leak benchmark once reported figures from a cache older than a generator fix)."""
+    (tmp_path / "truth.json").write_text(json.dumps({"generator": generator_stamp()}))
+    assert is_current(tmp_path)
+    monkeypatch.setattr(scenario_module, "generator_stamp", lambda: "0123456789abcdef")
+    assert not is_current(tmp_path)
+    (tmp_path / "truth.json").write_text("{not json")
+    assert not is_current(tmp_path)

@@ -33,6 +33,7 @@ How the "real" network differs from the utility's model (all documented figures)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -250,9 +251,31 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         config, path.stem, leaks, outflow, list(zip(injections, seen, strict=True))
     )
     truth["unbalanced_steps"] = len(results.unbalanced)  # EPANET went on without balance
+    truth["generator"] = generator_stamp()
     (out / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     progress("Writing files", 1, 1)
     return truth
+
+
+def generator_stamp() -> str:
+    """A digest of the generator's code: the same seed gives the same files only under the
+    same stamp, so a cached scenario is reused only while it matches (see :func:`is_current`).
+    """
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for module in ("scenario", "sensors", "contamination", "network"):
+        digest.update((here / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def is_current(directory: Path) -> bool:
+    """Whether ``directory`` holds a complete scenario written by the generator as it is now
+    (benchmarks cache scenarios; one written by older code must be generated again)."""
+    try:
+        truth = json.loads((directory / "truth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(truth, dict) and truth.get("generator") == generator_stamp()
 
 
 def _chlorine(wn: engine.Model, sources: list[str], dose: np.ndarray, step_s: int) -> None:
