@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from civica.cli import main
 from civica.domains.traffic.capacity import (
+    Link,
+    Probe,
     capacity_report,
+    dominant_vtype,
+    loaded_links,
+    probe_rounds,
     read_network,
     read_routes,
+    required_share,
     saturation_flow,
     shortest_path,
 )
+from civica.domains.traffic.engine import discharge_rates, sumo_binary
 
 # One light "c": a north-south road (n_c, c_s) and an east-west one (w_c, c_e), one lane each,
 # one link each; phase 0 serves north-south, phase 1 east-west. Plus a right turn n_c -> c_e
@@ -61,7 +70,7 @@ def net(tmp_path: Path) -> Path:
     return path
 
 
-def report(net: Path, tmp_path: Path, text: str, **kw: float) -> dict[str, object]:
+def report(net: Path, tmp_path: Path, text: str, **kw: Any) -> dict[str, object]:
     rou = tmp_path / "cross.rou.xml"
     rou.write_text(text)
     return capacity_report(net, [rou], **kw)
@@ -137,3 +146,159 @@ def test_the_command_prints_json_and_refuses_bad_files(net: Path, tmp_path: Path
     assert "unreadable SUMO XML" in failed.output
     missing = runner.invoke(main, ["traffic", "capacity", "--net", str(tmp_path / "none.xml")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_a_shared_lane_is_shared_in_each_phase(tmp_path: Path) -> None:
+    """Two loaded links of one lane green together in phase 0 share the lane's flow there,
+    even if a third, unloaded link of that lane is green in phase 1 as well (a right turn on
+    red, say): before, the lane's limit counted phase 1 too and the bound came out at the
+    busiest single link (arterial4x4 nt3: 0.64 instead of 0.71)."""
+    net = tmp_path / "shared.net.xml"
+    net.write_text(
+        NET.replace('state="GrG"', 'state="GrGr"')
+        .replace('state="yry"', 'state="yryr"')
+        .replace('state="rGr"', 'state="rGrG"')
+        .replace('state="ryr"', 'state="ryry"')
+        .replace(
+            "</net>",
+            '<edge id="c_w" from="c" to="w"><lane id="c_w_0" index="0" speed="13.89" '
+            'length="200"/></edge>'
+            '<connection from="n_c" to="c_w" fromLane="0" toLane="0" tl="c" linkIndex="3"/>'
+            "</net>",
+        )
+    )
+    junctions, _ = read_network(net)
+    through = saturation_flow(13.89)
+    demand = {("n_c", "c_s"): 900.0, ("n_c", "c_e"): 400.0, ("w_c", "c_e"): 600.0}
+    assert required_share(junctions["c"], demand) == pytest.approx(1900 / through, abs=1e-3)
+
+
+def test_measured_saturation_flows_replace_the_car_following_limit(
+    net: Path, tmp_path: Path
+) -> None:
+    """Each loaded link is probed alone on a held green with more vehicles than it can take,
+    and the bound uses what it delivered."""
+    runs: list[tuple[str, dict[str, str]]] = []
+
+    def half(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
+        runs.append((routes_xml, held))
+        return {f"p{k}": through / 2 for k in range(routes_xml.count("<flow "))}
+
+    through = saturation_flow(13.89)
+    rou = tmp_path / "cross.rou.xml"
+    rou.write_text(routes(north=900, west=600))
+    out = capacity_report(net, [rou], discharge=half)
+    assert out["saturation_flows"] == "measured in SUMO (2 links)"
+    # half the rate: twice the green, and 1,500 veh/h no longer fit in the hour
+    assert light(out)["required_green_share"] == pytest.approx(2 * 1500 / through, abs=1e-3)
+    assert light(out)["oversaturated"] is True
+    # the two loaded links conflict (one light): one run each, the probed link alone green
+    assert sorted(held["c"] for _, held in runs) == ["Grr", "rGr"]
+    first = runs[0][0]
+    assert 'from="n_c" to="c_s" departLane="0"' in first and 'type="probe"' in first
+    assert '<vType id="probe"' in first
+
+
+def test_probes_share_a_run_only_when_they_cannot_disturb_each_other() -> None:
+    def probe(tls: str, index: int, lane: int, src: str, dst: str) -> Probe:
+        return Probe(tls, Link(index, src, lane, dst, 13.89))
+
+    a0 = probe("a", 0, 0, "x_a", "a_b")
+    a0_lane1 = probe("a", 0, 1, "x_a", "a_b")  # same signal index, another lane: together
+    a1 = probe("a", 1, 0, "y_a", "a_z")  # another index of the same light: another run
+    b0 = probe("b", 0, 0, "a_b", "b_c")  # starts on the road a0 ends on: another run
+    c0 = probe("c", 0, 0, "u_c", "c_v")  # far away: rides along
+    assert probe_rounds([a0, a0_lane1, a1, b0, c0]) == [[a0, a0_lane1, c0], [a1, b0]]
+
+
+def test_the_probe_vehicle_is_the_type_most_vehicles_use(tmp_path: Path) -> None:
+    rou = tmp_path / "types.rou.xml"
+    rou.write_text(
+        '<routes><vType id="car" accel="2.6" sigma="0.5"/><vType id="bus" length="12"/>'
+        '<vehicle id="v1" type="bus" depart="0"><route edges="a"/></vehicle>'
+        '<vehicle id="v2" type="car" depart="0"><route edges="a"/></vehicle>'
+        '<flow id="f" type="car" begin="0" end="10" number="3" from="a" to="b"/></routes>'
+    )
+    chosen = dominant_vtype([rou])
+    assert 'id="probe"' in chosen and 'accel="2.6"' in chosen and "12" not in chosen
+    plain = tmp_path / "plain.rou.xml"
+    plain.write_text('<routes><vehicle id="v" depart="0"><route edges="a"/></vehicle></routes>')
+    assert dominant_vtype([plain]) == '<vType id="probe"/>'
+
+
+def _sumo_crossroads(folder: Path) -> tuple[Path, Path]:
+    """A real two-lane crossroads with a light (netconvert) and an hour of demand."""
+    arms = {"N": (0, 200), "S": (0, -200), "E": (200, 0), "W": (-200, 0)}
+    nodes = "".join(f'<node id="{k}" x="{x}" y="{y}"/>' for k, (x, y) in arms.items())
+    (folder / "x.nod.xml").write_text(
+        f'<nodes><node id="C" x="0" y="0" type="traffic_light"/>{nodes}</nodes>'
+    )
+    edges = "".join(
+        f'<edge id="{k}C" from="{k}" to="C" numLanes="1" speed="13.9"/>'
+        f'<edge id="C{k}" from="C" to="{k}" numLanes="1" speed="13.9"/>'
+        for k in arms
+    )
+    (folder / "x.edg.xml").write_text(f"<edges>{edges}</edges>")
+    net = folder / "x.net.xml"
+    command = [str(sumo_binary("netconvert")), "-n", str(folder / "x.nod.xml")]
+    command += ["-e", str(folder / "x.edg.xml"), "-o", str(net), "--no-turnarounds"]
+    subprocess.run(command, check=True, capture_output=True)
+    rou = folder / "x.rou.xml"
+    rou.write_text(
+        "<routes>"
+        '<flow id="we" begin="0" end="3600" vehsPerHour="700" from="WC" to="CE"/>'
+        '<flow id="ns" begin="0" end="3600" vehsPerHour="500" from="NC" to="CS"/>'
+        "</routes>"
+    )
+    return net, rou
+
+
+def test_sumo_measures_what_a_held_green_discharges(tmp_path: Path) -> None:
+    net, rou = _sumo_crossroads(tmp_path)
+    junctions, graph = read_network(net)
+    routes_ = [edges for _, edges in read_routes([rou], graph)]
+    probes = {(p.link.from_edge, p.link.to_edge): p for p in loaded_links(junctions, routes_)}
+    west, north = probes["WC", "CE"], probes["NC", "CS"]
+    size = junctions["C"].size
+    held = {"C": "".join("G" if i == west.link.index else "r" for i in range(size))}
+    flows = "".join(
+        f'<flow id="{name}" begin="0" end="900" vehsPerHour="3600" from="{p.link.from_edge}" '
+        f'to="{p.link.to_edge}" departLane="0" departSpeed="max"/>'
+        for name, p in (("green", west), ("red", north))
+    )
+    rates = discharge_rates(
+        net, f"<routes>{flows}</routes>", held, warmup_s=60, seconds=240, seed=1
+    )
+    # a through lane at 50 km/h: below the car-following limit (SUMO's drivers dawdle), and
+    # far above nothing; the red one delivers nothing at all
+    assert 1200 < rates["green"] < saturation_flow(13.9)
+    assert rates.get("red", 0.0) == 0.0
+    runner = CliRunner()
+    args = ["traffic", "capacity", "--net", str(net), "--routes", str(rou)]
+    limit = json.loads(runner.invoke(main, args).output)
+    done = runner.invoke(main, [*args, "--measure"])
+    assert done.exit_code == 0, done.output
+    measured = json.loads(done.output)
+    assert measured["saturation_flows"] == "measured in SUMO (2 links)"
+    share, bound = (x["lights"][0]["required_green_share"] for x in (measured, limit))
+    assert bound < share < 1.0
+
+
+def test_flows_count_their_vehicles_at_their_rate(net: Path, tmp_path: Path) -> None:
+    _, graph = read_network(net)
+    rou = tmp_path / "flows.rou.xml"
+    rou.write_text(
+        '<routes><route id="ns" edges="n_c c_s"/>'
+        '<flow id="a" begin="0" end="3600" vehsPerHour="900" route="ns"/>'
+        '<flow id="b" begin="0" end="1800" period="6" from="w_c" to="c_e"/>'
+        '<flow id="c" begin="1800" end="3600" number="100" from="w_c" to="c_e"/>'
+        '<flow id="d" begin="0" end="100" probability="0.1" from="w_c" to="c_e"/>'
+        '<flow id="e" begin="0" end="100" period="exp(0.2)" from="w_c" to="c_e"/></routes>'
+    )
+    found = list(read_routes([rou], graph))
+    assert sum(edges == ["n_c", "c_s"] for _, edges in found) == 900
+    assert sum(edges == ["w_c", "c_e"] for _, edges in found) == 300 + 100 + 10 + 20
+    assert max(d for d, _ in found) < 3600
+    rou.write_text('<routes><flow id="x" period="soon" from="w_c" to="c_e"/></routes>')
+    with pytest.raises(ValueError, match="flow 'x': unreadable rate"):
+        list(read_routes([rou], graph))

@@ -22,7 +22,7 @@ from civica.domains.traffic.control import (
     controller_names,
     run_control,
 )
-from civica.domains.traffic.engine import SumoError, SumoOptions
+from civica.domains.traffic.engine import SumoError, SumoOptions, discharge_rates
 from civica.domains.traffic.incidents import INCIDENT_SUSPECTED, IncidentConfig
 from civica.domains.traffic.scenarios import (
     RESCO_SCENARIOS,
@@ -48,6 +48,9 @@ console = Console(stderr=True, soft_wrap=True)
 # twin opens the store exactly as ``civica serve`` does without a domain importing the CLI.
 OPEN_STORE = "civica.open_store"
 EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
+# capacity --measure: each run warms up, then counts what the probed links deliver
+MEASURE_WARMUP_S = 120.0
+MEASURE_SECONDS = 600.0
 
 
 class TrafficCommandError(click.ClickException):
@@ -104,12 +107,13 @@ def _travel_summary(run: TwinRun) -> dict[str, int] | None:
     }
 
 
-def _progress() -> Progress:
-    """A bar of simulated seconds on stderr, in a terminal only (a log has nothing to redraw)."""
+def _progress(unit: str = "s") -> Progress:
+    """A bar of simulated seconds (or other ``unit``) on stderr, in a terminal only (a log has
+    nothing to redraw)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:>6.0f}/{task.total:.0f} s"),
+        TextColumn(f"{{task.completed:>6.0f}}/{{task.total:.0f}} {unit}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -202,6 +206,12 @@ def control(
 @_scenario_source_options
 @click.option("--seconds", type=float, default=3600.0, show_default=True, help="The window.")
 @_DEMAND_SCALE
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Measure each loaded link's saturation flow in SUMO instead of the car-following limit.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="SUMO seed (--measure).")
 def capacity(
     name: str | None,
     sumocfg: Path | None,
@@ -209,12 +219,15 @@ def capacity(
     routes: tuple[Path, ...],
     seconds: float,
     demand_scale: float,
+    measure: bool,
+    seed: int,
 ) -> None:
     """How much of the time each light must be green to serve its demand, at the least.
 
     A bound no signal controller can beat (generous to the junction: no lost time, permissive
-    greens as full greens, discharge at the car-following limit). Over 1: the light cannot
-    carry its demand whatever the control; JSON, busiest light first.
+    greens as full greens, discharge at the car-following limit or, with --measure, at the
+    rate SUMO itself lets each loaded link discharge on a permanent green of its own). Over 1:
+    the light cannot carry its demand whatever the control; JSON, busiest light first.
     """
     from civica.domains.traffic.capacity import capacity_report
 
@@ -222,10 +235,29 @@ def capacity(
         scenario = _scenario(name, sumocfg, net, routes)
         if not scenario.route_files:
             raise ScenarioError("the capacity bound needs the scenario's route files")
-        report = capacity_report(
-            scenario.net_file, scenario.route_files, scenario.begin, seconds, demand_scale
-        )
-    except (ScenarioError, ValueError, OSError) as err:
+
+        def discharge(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
+            return discharge_rates(
+                scenario.net_file,
+                routes_xml,
+                held,
+                warmup_s=MEASURE_WARMUP_S,
+                seconds=MEASURE_SECONDS,
+                seed=seed,
+            )
+
+        with _progress(unit="runs") as bar:
+            task = bar.add_task(f"{scenario.name} · saturation flows", total=1, visible=measure)
+            report = capacity_report(
+                scenario.net_file,
+                scenario.route_files,
+                scenario.begin,
+                seconds,
+                demand_scale,
+                discharge=discharge if measure else None,
+                on_round=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    except (ScenarioError, SumoError, ValueError, OSError) as err:
         raise _fail(err) from err
     except ET.ParseError as err:
         raise _fail(ScenarioError(f"unreadable SUMO XML: {err}")) from err

@@ -302,6 +302,10 @@ class SumoEngine:
         """Vehicles that reached their destination in the last step."""
         return int(self._call("arrived", self._conn.simulation.getArrivedNumber))
 
+    def arrived_ids(self) -> tuple[str, ...]:
+        """The ids of the vehicles that reached their destination in the last step."""
+        return tuple(self._call("arrived ids", self._conn.simulation.getArrivedIDList))
+
     def state(self, tls_id: str) -> str:
         """The signal state string SUMO shows now (one char per link)."""
         return str(self._call("state", self._conn.trafficlight.getRedYellowGreenState, tls_id))
@@ -486,3 +490,35 @@ def edge_successors(engine: SumoEngine, lanes: set[str]) -> dict[str, tuple[str,
             if not to_lane.startswith(":"):
                 nexts.add(str(engine._call("lane edge", conn.lane.getEdgeID, to_lane)))
     return {edge: tuple(sorted(nexts)) for edge, nexts in out.items()}
+
+
+def discharge_rates(
+    net_file: Path,
+    routes_xml: str,
+    held: dict[str, str],
+    *,
+    warmup_s: float,
+    seconds: float,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Run ``net_file`` with the vehicles of ``routes_xml``, every light in ``held`` showing its
+    state string throughout; per flow id, the vehicles per hour that arrived after
+    ``warmup_s`` (over the following ``seconds``). The light's own programme is replaced by
+    the held state at the first step, before any vehicle reaches it."""
+    with tempfile.TemporaryDirectory(prefix="civica-discharge-") as folder:
+        routes = Path(folder) / "probe.rou.xml"
+        routes.write_text(routes_xml)
+        scenario = Scenario("discharge", net_file, (routes,))
+        options = SumoOptions(seconds=warmup_s + seconds, seed=seed, time_to_teleport_s=-1)
+        engine = SumoEngine(scenario, options, Path(folder) / "tripinfo.xml")
+        counts: dict[str, int] = {}
+        with engine:
+            for tls_id, state in held.items():
+                engine.set_state(tls_id, state)
+            while engine.time < engine.end:
+                engine.step()
+                if engine.time > warmup_s:
+                    for vehicle in engine.arrived_ids():
+                        flow = vehicle.rsplit(".", 1)[0]
+                        counts[flow] = counts.get(flow, 0) + 1
+    return {flow: n * 3600.0 / seconds for flow, n in counts.items()}
