@@ -29,6 +29,7 @@ from civica.domains.water.network import WaterInputError
 from civica.domains.water.night_flow import consumption_and_model, detect_mnf, night_minima
 from civica.domains.water.scenario import ScenarioConfig, generate
 from civica.domains.water.scoring import score_files
+from civica.domains.water.sensors import district_meters
 
 STEP = 900
 DAYS = 4
@@ -272,3 +273,51 @@ def test_a_supply_never_seen_while_learning_is_no_evidence(dry: Path, tmp_path: 
     outside = np.ones(len(hour), dtype=bool)
     outside[train + 36 : train + 70] = False
     assert (flagged & outside).sum() == (usual & outside).sum()  # nothing else changes
+
+
+def test_a_meters_linear_response_matches_a_simulated_leak(tmp_path: Path) -> None:
+    """The flow a metered link gains from a leak, by the linearisation the detector uses,
+    against EPANET with the leak added (both at the start, where the tanks hold their
+    initial levels): district meters are sensors of *where* only if this holds."""
+    path = engine.resolve_network("Net3")
+    model = engine.load_network(path)
+    facts = engine.network_facts(model)
+    meter = district_meters(facts)[0]
+    table = engine.link_table(model)
+    logger = facts.junctions[10]
+    ones = np.ones(4)
+    base = engine.track_network(path, table, STEP, ones, {}, [logger], [0], [meter])
+    response = engine.leak_response(table, base.states[0], [logger], [], [meter])
+    assert response.meter_pipe is not None
+    pipes = [table.links[i] for i in table.pipe_index]
+    pick = int(np.argmax(np.abs(response.meter_pipe[0])))
+    leaking = pipes[pick]
+    start, end = facts.pipe_ends[leaking]
+    leak = 0.005  # m³/s, half drawn at each end: the middle of the pipe, as linearised
+    for node in (start, end):
+        if node in facts.junctions:
+            model.get_node(node).add_demand(leak / 2, None)
+    assert all(node in facts.junctions for node in (start, end))
+    changed = tmp_path / "leak.inp"
+    engine.write_network(model, changed)
+    after = engine.track_network(changed, table, STEP, ones, {}, [logger], [0], [meter])
+    flow_change = float(after.flow[0, 0] - base.flow[0, 0])
+    predicted = leak * float(response.meter_pipe[0, pick])
+    assert abs(predicted) > 1e-4  # the meter sees this leak: 0.1 L/s or more of 5 L/s
+    assert flow_change == pytest.approx(predicted, rel=0.3)
+    pressure_change = float(after.pressure[0, 0] - base.pressure[0, 0])
+    assert pressure_change == pytest.approx(leak * float(response.pipe[0, pick]), rel=0.3, abs=2e-3)
+
+
+def test_district_meters_join_the_loggers(tmp_path: Path) -> None:
+    """A scenario with meters between districts: the detector reads them as sensors (with
+    their own noise floor), next to the pressure loggers."""
+    generate(ScenarioConfig("Net3", days=3, leaks=0, seed=4), tmp_path)
+    scenario = load_scenario(tmp_path)
+    evidence = gather_evidence(scenario, 2, DetectorSettings())
+    meters = [s for s in evidence.loggers if s.startswith("F_")]
+    assert meters and evidence.pressure_columns == len(evidence.loggers) - len(meters)
+    assert evidence.signature.shape[1] == len(evidence.loggers)
+    assert np.all(evidence.sigma[evidence.pressure_columns :] >= 5e-5)
+    plain = gather_evidence(scenario, 2, DetectorSettings(use_meters=False))
+    assert not [s for s in plain.loggers if s.startswith("F_")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from civica.domains.water import network as engine
 from civica.domains.water import scenario as scenario_module
 from civica.domains.water.files import UNITS, load_scenario
 from civica.domains.water.scenario import ScenarioConfig, generate, generator_stamp, is_current
+from civica.domains.water.sensors import district_meters
 
 STAMP = re.compile(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\Z")
 
@@ -141,6 +143,13 @@ def test_cli_writes_a_scenario_and_refuses_bad_input(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "Nowhere" in bad.output and "Traceback" not in bad.output
     short = runner.invoke(main, [*args, "--leak-free-days", "3", "--out", str(out)])
     assert short.exit_code == 2 and "--leak-free-days" in short.output
+    plain = tmp_path / "net3"
+    net3 = ["water", "scenario", "--network", "Net3", "--days", "2", "--leak-free-days", "1"]
+    done = runner.invoke(main, [*net3, "--no-districts", "--out", str(plain)])
+    assert done.exit_code == 0, done.output
+    facts = engine.network_facts(engine.load_network(engine.resolve_network("Net3")))
+    flows = load_scenario(plain).sensors.query("kind == 'flow'")["element"]
+    assert set(flows) == set(facts.inlet_links)
 
 
 @pytest.mark.parametrize("name", ["Net2", "ky4"])
@@ -195,3 +204,38 @@ def test_a_scenario_from_older_generator_code_is_not_current(
     assert not is_current(tmp_path)
     (tmp_path / "truth.json").write_text("{not json")
     assert not is_current(tmp_path)
+
+
+def test_big_networks_get_district_meters_and_small_ones_none() -> None:
+    """Meters between district metered areas: ky4 (959 junctions) falls into districts of
+    a few dozen junctions behind a few meters each; Net2 (35 junctions) is one district."""
+    import networkx as nx
+
+    facts = engine.network_facts(engine.load_network(engine.resolve_network("ky4")))
+    meters = district_meters(facts)
+    assert 16 <= len(meters) <= 80 and not set(meters) & set(facts.inlet_links)
+    cut = set(meters) | set(facts.inlet_links)
+    graph = nx.Graph()
+    graph.add_nodes_from(facts.nodes)
+    graph.add_edges_from(uv for link, uv in facts.link_ends.items() if link not in cut)
+    sizes = sorted(len(set(part) & set(facts.junctions)) for part in nx.connected_components(graph))
+    districts = [n for n in sizes if n >= 15]
+    assert len(districts) >= 10 and sum(districts) >= 0.9 * len(facts.junctions)
+    small = engine.network_facts(engine.load_network(engine.resolve_network("Net2")))
+    assert district_meters(small) == []
+
+
+def test_district_meters_are_written_unless_turned_off(tmp_path: Path) -> None:
+    config = ScenarioConfig("Net3", days=2, leaks=0, leak_free_days=1, seed=3)
+    generate(config, tmp_path / "with")
+    generate(dataclasses.replace(config, districts=False), tmp_path / "without")
+    facts = engine.network_facts(engine.load_network(engine.resolve_network("Net3")))
+    flows = {
+        name: set(load_scenario(tmp_path / name).sensors.query("kind == 'flow'")["element"])
+        for name in ("with", "without")
+    }
+    assert flows["without"] == set(facts.inlet_links)
+    assert flows["with"] == set(facts.inlet_links) | set(district_meters(facts))
+    assert flows["with"] > flows["without"]
+    readings = load_scenario(tmp_path / "with").readings
+    assert readings[[f"F_{link}" for link in district_meters(facts)]].notna().mean().min() > 0.9

@@ -49,6 +49,12 @@ def water() -> None:
 @click.option("--sensors", type=int, default=None, help="Pressure sensors (default: scaled).")
 @click.option("--leak-free-days", type=int, default=2, show_default=True)
 @click.option("--injections", type=int, default=None, help="With --quality (default: scaled).")
+@click.option(
+    "--districts/--no-districts",
+    default=True,
+    show_default=True,
+    help="Meter the links between district metered areas (networks of 90+ junctions).",
+)
 def scenario(
     network: str,
     days: int,
@@ -60,6 +66,7 @@ def scenario(
     sensors: int | None,
     leak_free_days: int,
     injections: int | None,
+    districts: bool,
 ) -> None:
     """Simulate a network with hidden leaks and write network.inp, readings, sensors, truth."""
     from civica.domains.water.scenario import ScenarioConfig, generate
@@ -74,6 +81,7 @@ def scenario(
         sensors=sensors,
         quality=quality,
         injections=injections,
+        districts=districts,
     )
     with Progress(
         TextColumn("[bold]{task.description}"),

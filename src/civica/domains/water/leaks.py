@@ -1,4 +1,4 @@
-"""Leak detection and localisation from pressure loggers, inlet flow meters and tank levels.
+"""Leak detection and localisation from pressure loggers, flow meters and tank levels.
 
 How it works, and why:
 
@@ -19,6 +19,13 @@ How it works, and why:
    follows. Steps where the model puts a logger more than 3 m (or half its range) outside what
    it saw at that hour on the leak-free days (a tank run dry, a pump schedule not seen before)
    carry no evidence: there the uncalibrated model errs by metres.
+   **District meters are sensors too.** A flow meter on a link between two districts (not at
+   a tank or reservoir: those drive the model) is read like a logger: the flow the tracking
+   run puts through the link against the reading, the same hour-of-day bias removal, its own
+   spread (floored at 0.05 L/s), and its linearised response to a leak on every pipe (the
+   link's conductance times the change of its head difference). A leak pulls flow towards
+   itself through its district's meters, in a pattern that says from which side; a meter's
+   flow may rightly rise, so the cap on rises applies to the pressures only.
 3. **Detect with a matched filter.** A leak of q m³/s in the middle of pipe p shifts the
    residuals by ``q·s_p``: the linearised response of every logger to a demand there
    (``network.leak_response``, one sparse solve per logger) minus the response to the same flow
@@ -82,6 +89,8 @@ class DetectorSettings:
     slow_error: float = 0.5  # floor of the slow residual error, in units of the logger's MAD
     positive_cap: float = 2.0  # pressure rises carry little leak evidence; cap them (in sd)
     min_sigma_m: float = 0.02
+    min_sigma_flow: float = 5e-5  # m³/s, district meters (0.05 L/s)
+    use_meters: bool = True  # district meters as sensors of where (besides their balances)
     max_leak_share: float = 0.2  # of the mean consumption
     familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
     balance_window_h: int = 24  # the water balance joins the windows at least this long
@@ -120,12 +129,13 @@ class Evidence:
     signature: np.ndarray  # (24, loggers, pipes) m per m³/s, per hour of day
     pipes: tuple[str, ...]
     lengths: np.ndarray  # (pipes,) m
-    loggers: tuple[str, ...]
+    loggers: tuple[str, ...]  # pressure loggers, then district flow meters
     train_steps: int
     consumption: float  # m³/s, mean metered consumption on the leak-free days
     balance: np.ndarray  # (steps,) m³/s, consumption the model's demand does not explain
     balance_sd: np.ndarray  # (steps,) m³/s, its standard error
     notes: list[str] = field(default_factory=list)
+    pressure_columns: int = -1  # the first columns are pressures (-1: all of them)
 
 
 def detect_leaks(
@@ -165,6 +175,8 @@ def gather_evidence(
     hour = np.asarray(pd.DatetimeIndex(scenario.readings.index).hour)
     # one linearisation per hour of day, at its first reading
     hours = [int(np.flatnonzero(hour == h)[0]) if np.any(hour == h) else 0 for h in range(24)]
+    meters = _district_meters(scenario, train) if settings.use_meters else []
+    links = [scenario.element(s) for s in meters]
     tracked = engine.track_network(
         scenario.directory / "network.inp",
         table,
@@ -173,9 +185,12 @@ def gather_evidence(
         levels,
         [scenario.element(s) for s in loggers],
         hours,
+        links,
     )
     nodes = [scenario.element(s) for s in loggers]
-    responses = [engine.leak_response(table, tracked.states[k], nodes, list(levels)) for k in hours]
+    responses = [
+        engine.leak_response(table, tracked.states[k], nodes, list(levels), links) for k in hours
+    ]
     observed = scenario.readings[loggers].to_numpy()
     level_gap = np.column_stack([levels[t] for t in levels]) - tracked.level if levels else None
     residual = observed - tracked.pressure
@@ -183,9 +198,20 @@ def gather_evidence(
         tank_gain = np.stack([r.tank for r in responses])[hour]  # (steps, loggers, tanks)
         residual -= np.einsum("tsm,tm->ts", tank_gain, np.nan_to_num(level_gap))
     residual[_unfamiliar(tracked.pressure, hour, train, settings)] = np.nan
-    residual[_unusual_supply(scenario, hour, train, consumption, settings)] = np.nan
-    residual, sigma, slow = _normalise(residual, hour, train, settings)
     signature = np.stack([r.pipe - r.uniform[:, None] for r in responses])
+    floor = np.full(len(loggers), settings.min_sigma_m)
+    if meters:
+        # District meters are sensors like the loggers: the flow the model puts through the
+        # link, given the town's metered consumption spread like its demand, against what
+        # the meter reads; a leak pulls flow towards itself through the district's inlets.
+        residual = np.hstack([residual, scenario.readings[meters].to_numpy() - tracked.flow])
+        meter_signature = np.stack(
+            [r.meter_pipe - r.meter_uniform[:, None] for r in responses]  # type: ignore[index]
+        )
+        signature = np.concatenate([signature, meter_signature], axis=1)
+        floor = np.append(floor, np.full(len(meters), settings.min_sigma_flow))
+    residual[_unusual_supply(scenario, hour, train, consumption, settings)] = np.nan
+    residual, sigma, slow = _normalise(residual, hour, train, settings, floor)
     pipes = tuple(table.links[i] for i in table.pipe_index)
     return Evidence(
         times=pd.DatetimeIndex(scenario.readings.index),
@@ -196,7 +222,8 @@ def gather_evidence(
         signature=signature,
         pipes=pipes,
         lengths=np.array([float(wn.get_link(p).length) for p in pipes]),
-        loggers=tuple(loggers),
+        loggers=tuple(loggers) + tuple(meters),
+        pressure_columns=len(loggers),
         train_steps=train,
         consumption=float(np.nanmean(consumption[:train])),
         **_water_balance(consumption, drawn, step, train, settings),
@@ -207,6 +234,21 @@ def gather_evidence(
 def _filled(series: pd.Series) -> pd.Series:
     """Short gaps interpolated, the ends held."""
     return series.interpolate(limit_direction="both")
+
+
+def _district_meters(scenario: Scenario, train: int) -> list[str]:
+    """Flow meters on links between districts (not at a tank or reservoir: those feed the
+    consumption the model is driven with) with enough readings to learn from."""
+    wn = scenario.network
+    sources = set(wn.tank_name_list) | set(wn.reservoir_name_list)
+    found = []
+    for sensor in scenario.of_kind("flow"):
+        link = wn.get_link(scenario.element(sensor))
+        if {link.start_node_name, link.end_node_name} & sources:
+            continue
+        if scenario.readings[sensor].iloc[:train].notna().sum() >= train // 2:
+            found.append(sensor)
+    return found
 
 
 def _loggers(scenario: Scenario, train: int) -> tuple[list[str], list[str]]:
@@ -338,7 +380,11 @@ def _unusual_supply(
 
 
 def _normalise(
-    residual: np.ndarray, hour: np.ndarray, train: int, settings: DetectorSettings
+    residual: np.ndarray,
+    hour: np.ndarray,
+    train: int,
+    settings: DetectorSettings,
+    floor: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Remove the hour-of-day median learned on the leak-free days; robust and slow spreads."""
     profile = np.nan_to_num(_by_hour(residual, hour, train, np.nanmedian, 0.0))
@@ -346,7 +392,7 @@ def _normalise(
     profile = (np.roll(profile, 1, axis=0) + profile + np.roll(profile, -1, axis=0)) / 3
     centred = residual - profile[hour]
     sigma = 1.4826 * np.nanmedian(np.abs(centred[:train]), axis=0)
-    sigma = np.maximum(np.nan_to_num(sigma, nan=1.0), settings.min_sigma_m)
+    sigma = np.where(np.isfinite(sigma), np.maximum(sigma, floor), 1.0)
     blocks = pd.DataFrame(centred[:train]).rolling(16, min_periods=8).median().to_numpy()[16::8]
     slow = np.sqrt(np.nanmean(blocks**2, axis=0)) if len(blocks) else sigma
     slow = np.maximum(np.nan_to_num(slow, nan=0.0), settings.slow_error * sigma)
@@ -370,17 +416,29 @@ class _Windows:
             self.spreads[w] = np.sqrt((1.25 * evidence.sigma) ** 2 / span + evidence.slow**2)
             self.shapes[w] = _window_signature(evidence.signature, w)
         self.hours = np.asarray(evidence.times.hour)
+        # pressure rises carry little leak evidence; a meter's flow may rightly go either way
+        columns = evidence.residual.shape[1]
+        pressures = columns if evidence.pressure_columns < 0 else evidence.pressure_columns
+        self.cap = np.where(np.arange(columns) < pressures, settings.positive_cap, np.inf)
 
     def statistic(
-        self, t: int, w: int, known: list[np.ndarray]
+        self, t: int, w: int, known: list[np.ndarray], locate: bool = False
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The one-sided GLR per pipe and the leak size (m³/s) it implies, for the ``w``-hour
         window ending at step ``t``, with the ``known`` leaks' signatures projected out; and
-        the same GLR from the pressure loggers alone (what can say *where*)."""
+        the same GLR from the sensors alone, without the water balance (what can say
+        *where*). Only the pressure loggers count unless ``locate``: the district meters
+        help to say where a leak is, not whether there is one."""
         evidence, settings, spread = self.evidence, self.settings, self.spreads[w]
-        y = np.minimum(np.nan_to_num(self.medians[w][t]) / spread, settings.positive_cap)
-        shape = self.shapes[w][self.hours[t]] / spread[:, None]
-        scaled = [k / spread for k in known]
+        used = (
+            slice(None)
+            if locate or evidence.pressure_columns < 0
+            else slice(0, evidence.pressure_columns)
+        )
+        spread = spread[used]
+        y = np.minimum(np.nan_to_num(self.medians[w][t][used]) / spread, self.cap[used])
+        shape = self.shapes[w][self.hours[t]][used] / spread[:, None]
+        scaled = [k[used] / spread for k in known]
         pressure_only, _ = _glr(y, shape, scaled)
         if w >= settings.balance_window_h and np.isfinite(evidence.balance[t]):
             # The water balance is one more "sensor": every pipe's leak adds its flow.
@@ -427,7 +485,8 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
                 continue
             if pressure_only[best] < settings.pressure_floor:
                 continue  # the meters say "a leak", the loggers cannot say where: wait
-            pipe = _localise(stat, evidence, graph)
+            located, size, _ = windows.statistic(t, w, known, locate=True)
+            pipe = _localise(located, evidence, graph)
             index = evidence.pipes.index(pipe)
             known.append(windows.signature(t, w, index))
             reports.append(
@@ -453,7 +512,8 @@ def localise_at(
     for when in times:
         t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
         t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
-        stat, _, _ = windows.statistic(t, w, [])
+        t -= (t + 1) % windows.per_hour  # the hourly steps the scan decides at
+        stat, _, _ = windows.statistic(t, w, [], locate=True)
         named.append(_localise(stat, evidence, graph))
     return named
 

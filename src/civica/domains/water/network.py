@@ -625,6 +625,7 @@ class Tracking:
     pressure: np.ndarray  # (steps, loggers) m
     level: np.ndarray  # (steps, tanks) m
     states: dict[int, HydraulicState]
+    flow: np.ndarray  # (steps, metered links) m³/s, start to end positive
 
 
 @dataclass(frozen=True)
@@ -709,10 +710,12 @@ def track_network(
     levels: dict[str, np.ndarray],
     loggers: Sequence[str],
     state_steps: Sequence[int] = (),
+    meters: Sequence[str] = (),
 ) -> Tracking:
     """Run the model over ``len(multiplier)`` steps with every demand scaled by ``multiplier``
     (per step) and each tank kept within 5 cm of ``levels`` (m, per step, NaN = unknown);
-    return the pressures (m) the model gives at the ``loggers`` (junction ids)."""
+    return the pressures (m) the model gives at the ``loggers`` (junction ids) and the flows
+    (m³/s) in the ``meters`` (link ids)."""
     import ctypes
 
     steps = len(multiplier)
@@ -725,6 +728,7 @@ def track_network(
             for code, value in ((1, step_s), (0, (steps - 1) * step_s), (5, step_s)):
                 engine.ENsettimeparam(code, value)  # hydraulic step, duration, report step
             logger_ix = [engine.ENgetnodeindex(n) for n in loggers]
+            meter_ix = [engine.ENgetlinkindex(n) for n in meters]
             node_ix = [engine.ENgetnodeindex(n) for n in table.nodes]
             link_ix = [engine.ENgetlinkindex(n) for n in table.links]
             tank_ix = [engine.ENgetnodeindex(t) for t in tanks]
@@ -742,6 +746,7 @@ def track_network(
             ]
             pressure = np.full((steps, len(loggers)), np.nan)
             level = np.full((steps, len(tanks)), np.nan)
+            flow = np.full((steps, len(meters)), np.nan)
             states: dict[int, HydraulicState] = {}
             engine.ENopenH()
             engine.ENinitH(0)
@@ -772,6 +777,7 @@ def track_network(
                 if now % step_s == 0 and k < steps:
                     pressure[k] = [engine.ENgetnodevalue(i, 11) for i in logger_ix]
                     level[k] = [engine.ENgetnodevalue(i, 10) for i in tank_ix]
+                    flow[k] = [engine.ENgetlinkvalue(i, 8) for i in meter_ix]  # EN_FLOW
                     if k in wanted:
                         states[k] = _solved_state(engine, node_ix, link_ix, units)
                 if engine.ENnextH() <= 0:
@@ -784,6 +790,7 @@ def track_network(
         pressure=pressure * units.pressure,
         level=level * units.length - np.array(floors),
         states=states,
+        flow=flow * units.flow,
     )
 
 
@@ -879,16 +886,25 @@ class LeakResponse:
     pipe: np.ndarray
     uniform: np.ndarray
     tank: np.ndarray
+    # the same for the flow (m³/s, start to end) in each requested metered link, per m³/s
+    meter_pipe: np.ndarray | None = None
+    meter_uniform: np.ndarray | None = None
 
 
 def leak_response(
-    table: LinkTable, state: HydraulicState, loggers: Sequence[str], tanks: Sequence[str]
+    table: LinkTable,
+    state: HydraulicState,
+    loggers: Sequence[str],
+    tanks: Sequence[str],
+    meters: Sequence[str] = (),
 ) -> LeakResponse:
     """Linearise the network equations at ``state`` and solve for the loggers' responses.
 
     Heads of free nodes obey L·δh = B·δH_fixed - δd with L the Laplacian weighted by each
     link's conductance dQ/dΔH; tanks, reservoirs and active PRV outlets hold their heads. One
-    sparse solve per logger (L is symmetric) gives its response to a demand at every node.
+    sparse solve per logger (L is symmetric) gives its response to a demand at every node; a
+    metered link's flow responds as its conductance times the change of its head difference
+    (one solve for each of its ends).
     """
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
@@ -920,13 +936,20 @@ def leak_response(
     # A tiny leak to ground keeps nodes cut off from every fixed head solvable.
     lap = sp.csc_matrix((vals, (rows, cols)), shape=(n, n)) + 1e-9 * sp.identity(n, format="csc")
     index = {name: i for i, name in enumerate(table.nodes)}
-    observe = np.zeros((n, len(loggers)))
-    for j, name in enumerate(loggers):
-        if position[index[name]] >= 0:
-            observe[position[index[name]], j] = 1.0
-    solved = spla.splu(lap).solve(observe)  # (free nodes, loggers) = L⁻¹ columns
-    per_node = np.zeros((len(loggers), len(table.nodes)))
-    per_node[:, free] = -solved.T  # δp at each logger per m³/s drawn at each node
+    link_at = {name: i for i, name in enumerate(table.links)}
+    metered = [link_at[m] for m in meters]
+    # heads watched: the loggers, then the start and end node of every metered link
+    watched = [index[name] for name in loggers]
+    watched += [int(table.start[i]) for i in metered] + [int(table.end[i]) for i in metered]
+    observe = np.zeros((n, len(watched)))
+    for j, node in enumerate(watched):
+        if position[node] >= 0:
+            observe[position[node], j] = 1.0
+    solved_all = spla.splu(lap).solve(observe)  # (free nodes, watched) = L⁻¹ columns
+    solved = solved_all[:, : len(loggers)]
+    heads = np.zeros((len(watched), len(table.nodes)))
+    heads[:, free] = -solved_all.T  # δh at each watched node per m³/s drawn at each node
+    per_node = heads[: len(loggers)]  # δp at each logger per m³/s drawn at each node
     pipes = table.pipe_index
     pipe = 0.5 * (per_node[:, table.start[pipes]] + per_node[:, table.end[pipes]])
     weights = np.where(table.junctions, np.clip(state.demand, 0.0, None), 0.0)
@@ -937,7 +960,14 @@ def leak_response(
         for here, there in ((a, table.end), (b, table.start)):
             edge = (here >= 0) & (there == t) & (g > 0)
             tank[:, m] += solved[here[edge]].T @ g[edge]
-    return LeakResponse(pipe=pipe, uniform=uniform, tank=tank)
+    k = len(metered)
+    starts, ends = heads[len(loggers) : len(loggers) + k], heads[len(loggers) + k :]
+    meter_node = (starts - ends) * g[metered][:, None]  # δQ per m³/s drawn at each node
+    meter_pipe = 0.5 * (meter_node[:, table.start[pipes]] + meter_node[:, table.end[pipes]])
+    meter_uniform = meter_node @ (weights / weights.sum()) if weights.sum() > 0 else np.zeros(k)
+    return LeakResponse(
+        pipe=pipe, uniform=uniform, tank=tank, meter_pipe=meter_pipe, meter_uniform=meter_uniform
+    )
 
 
 def _cut_off(table: LinkTable, g: np.ndarray, fixed: np.ndarray) -> np.ndarray:

@@ -28,7 +28,8 @@ How the "real" network differs from the utility's model (all documented figures)
   tank is otherwise closed, and a network fed by fixed inflows (Net2's well) then has heads of
   a million metres. Spilled water entered through the tank's metered link, so the water balance
   still closes.
-- Sensors: placement and noise in sensors.py; water quality (``--quality``) in contamination.py.
+- Sensors: placement (pressure loggers, inlet meters and, by default, meters between district
+  metered areas) and noise in sensors.py; water quality (``--quality``) in contamination.py.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from civica.domains.water import contamination
 from civica.domains.water import network as engine
 from civica.domains.water.sensors import (
     add_sensor_noise,
+    district_meters,
     hydraulic_values,
     place_sensors,
     sensor_count,
@@ -89,6 +91,7 @@ class ScenarioConfig:
     quality: bool = False
     injections: int | None = None  # contaminant injections with --quality; None scales
     start: datetime = DEFAULT_START
+    districts: bool = True  # meter the links between district metered areas (sensors.py)
 
     def check(self) -> None:
         """Raise WaterInputError for settings the generator cannot honour."""
@@ -162,7 +165,8 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         engine.add_leak(truth_model, leak.pipe, leak.node, leak.flow, config.step_s)
     wanted = config.sensors if config.sensors is not None else sensor_count(len(facts.junctions))
     spread = spread_junctions(nominal, served or list(facts.junctions), wanted, rng["sensors"])
-    sensors = place_sensors(facts, spread, config.quality)
+    districts = district_meters(facts) if config.districts else []
+    sensors = place_sensors(facts, spread, config.quality, districts)
     stations = [s.element for s in sensors if s.kind == "quality" and s.unit == "mg/L"]
     sources = treatment_sources(nominal, facts)
     dose = contamination.dose_pattern(len(times), config.step_s, rng["quality"])

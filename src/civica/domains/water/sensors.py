@@ -1,5 +1,13 @@
 """Where a scenario's sensors go and how they misread: layout, noise, quantisation, lost data.
 
+Layout: pressure loggers spread over the network by farthest-point sampling; flow meters on
+every link at a tank or reservoir (the inlets) and, in networks big enough to have them, on
+the links between district metered areas (DMAs): the network is split into districts of about
+:data:`DISTRICT_JUNCTIONS` junctions (greedy modularity communities of the network graph, which
+cut few links) and every link from one district into another gets a meter. A meter on a link
+reads the flow at its start node's end (so a leak on a metered pipe, at its middle, lies in
+the end node's district).
+
 Noise per kind (sd; quantum): pressure 0.1 m plus a fixed offset per sensor sd 0.1 m (0.01 m);
 flow 1 % of the reading (0.00001 m³/s = 0.01 L/s); tank level 0.01 m (0.001 m); chlorine
 0.02 mg/L (0.01); conductivity 2 uS/cm (1); turbidity 0.02 NTU (0.01). Quality readings are
@@ -10,6 +18,7 @@ one per 30 days); lost readings are empty cells in readings.csv.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -55,6 +64,31 @@ NOISE: dict[tuple[str, str], Noise] = {
 }
 
 
+DISTRICT_JUNCTIONS = 60  # junctions per district metered area, about
+
+
+def district_meters(facts: engine.NetworkFacts) -> list[str]:
+    """Links to meter so that the network falls into districts (DMAs) of about
+    :data:`DISTRICT_JUNCTIONS` junctions; none for networks smaller than two such districts.
+    Inlet links are metered anyway and are left out."""
+    districts = round(len(facts.junctions) / DISTRICT_JUNCTIONS)
+    if districts < 2:
+        return []
+    graph = nx.Graph()
+    graph.add_nodes_from(facts.nodes)
+    graph.add_edges_from(facts.link_ends.values())
+    communities = nx.community.greedy_modularity_communities(
+        graph, cutoff=districts, best_n=districts
+    )
+    owner = {node: i for i, members in enumerate(communities) for node in members}
+    inlets = set(facts.inlet_links)
+    return [
+        link
+        for link, (u, v) in facts.link_ends.items()
+        if owner[u] != owner[v] and link not in inlets
+    ]
+
+
 def sensor_count(junctions: int) -> int:
     """Pressure loggers for a network: about 1.2 sqrt(junctions), 3 to 48."""
     return max(3, min(48, round(1.2 * math.sqrt(junctions))))
@@ -85,9 +119,12 @@ def spread_junctions(
     return chosen
 
 
-def place_sensors(facts: engine.NetworkFacts, spread: list[str], quality: bool) -> list[Sensor]:
-    """Pressure loggers at ``spread``, flow meters on the links at tanks and reservoirs, a
-    level sensor in every tank and, with ``quality``, a station on every third logger."""
+def place_sensors(
+    facts: engine.NetworkFacts, spread: list[str], quality: bool, districts: Sequence[str] = ()
+) -> list[Sensor]:
+    """Pressure loggers at ``spread``, flow meters on the links at tanks and reservoirs and on
+    the ``districts`` boundary links, a level sensor in every tank and, with ``quality``, a
+    station on every third logger."""
     order = {j: i for i, j in enumerate(facts.junctions)}
     sensors = [Sensor(f"P_{j}", "pressure", j, "m") for j in sorted(spread, key=order.__getitem__)]
     sensors += [Sensor(f"F_{link}", "flow", link, "m3/s") for link in facts.inlet_links]
@@ -99,6 +136,8 @@ def place_sensors(facts: engine.NetworkFacts, spread: list[str], quality: bool) 
                 Sensor(f"{prefix}_{node}", "quality", node, unit)
                 for unit, prefix in QUALITY_UNITS.items()
             ]
+    # last, so that the noise drawn for every other sensor is the same with or without them
+    sensors += [Sensor(f"F_{link}", "flow", link, "m3/s") for link in districts]
     return sensors
 
 
