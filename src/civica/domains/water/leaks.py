@@ -90,7 +90,7 @@ class DetectorSettings:
     positive_cap: float = 2.0  # pressure rises carry little leak evidence; cap them (in sd)
     min_sigma_m: float = 0.02
     min_sigma_flow: float = 5e-5  # m³/s, district meters (0.05 L/s)
-    use_meters: bool = True  # district meters as sensors of where (besides their balances)
+    use_meters: bool = True  # district meters as sensors of where (not of whether)
     max_leak_share: float = 0.2  # of the mean consumption
     familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
     balance_window_h: int = 24  # the water balance joins the windows at least this long
@@ -205,9 +205,7 @@ def gather_evidence(
         # link, given the town's metered consumption spread like its demand, against what
         # the meter reads; a leak pulls flow towards itself through the district's inlets.
         residual = np.hstack([residual, scenario.readings[meters].to_numpy() - tracked.flow])
-        meter_signature = np.stack(
-            [r.meter_pipe - r.meter_uniform[:, None] for r in responses]  # type: ignore[index]
-        )
+        meter_signature = np.stack([r.meter_pipe - r.meter_uniform[:, None] for r in responses])
         signature = np.concatenate([signature, meter_signature], axis=1)
         floor = np.append(floor, np.full(len(meters), settings.min_sigma_flow))
     residual[_unusual_supply(scenario, hour, train, consumption, settings)] = np.nan

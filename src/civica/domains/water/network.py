@@ -887,8 +887,8 @@ class LeakResponse:
     uniform: np.ndarray
     tank: np.ndarray
     # the same for the flow (m³/s, start to end) in each requested metered link, per m³/s
-    meter_pipe: np.ndarray | None = None
-    meter_uniform: np.ndarray | None = None
+    meter_pipe: np.ndarray
+    meter_uniform: np.ndarray
 
 
 def leak_response(
