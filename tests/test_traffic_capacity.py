@@ -146,6 +146,13 @@ def test_the_command_prints_json_and_refuses_bad_files(net: Path, tmp_path: Path
     assert "unreadable SUMO XML" in failed.output
     missing = runner.invoke(main, ["traffic", "capacity", "--net", str(tmp_path / "none.xml")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+    # this hand-made net has no junction shapes: SUMO cannot run it, and says so (or dies);
+    # either way the measurement ends with one clear line, not a traceback
+    args = ["traffic", "capacity", "--net", str(net), "--routes", str(rou), "--measure"]
+    unmeasurable = runner.invoke(main, args)
+    assert unmeasurable.exit_code == 2, unmeasurable.output
+    assert "SUMO did not start for saturation flows of cross.net.xml" in unmeasurable.output
+    assert "Traceback" not in unmeasurable.output
 
 
 def test_a_shared_lane_is_shared_in_each_phase(tmp_path: Path) -> None:

@@ -152,9 +152,22 @@ class SumoEngine:
             # file it cannot read fails here, with its own message
             self._conn.simulation.getTime()
         except (FatalTraCIError, TraCIException, OSError) as err:
-            message = self._sumo_error() or str(err)
+            message = self._sumo_error() or self._exit_reason() or str(err)
             self.close()
             raise SumoError(f"SUMO did not start for {self.scenario.name}: {message}") from err
+
+    def _exit_reason(self) -> str:
+        """How SUMO ended, when it ended without an error line (a crash on a malformed net)."""
+        if self._process is None:
+            return ""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=2)
+        code = self._process.returncode
+        if code is None or code == 0:
+            return ""
+        if code < 0:
+            return f"SUMO crashed (signal {-code}) without a message; is the network complete?"
+        return f"SUMO exited with code {code} without a message"
 
     def _sumo_error(self) -> str:
         """The first error line SUMO printed, if any."""
@@ -508,7 +521,7 @@ def discharge_rates(
     with tempfile.TemporaryDirectory(prefix="civica-discharge-") as folder:
         routes = Path(folder) / "probe.rou.xml"
         routes.write_text(routes_xml)
-        scenario = Scenario("discharge", net_file, (routes,))
+        scenario = Scenario(f"saturation flows of {net_file.name}", net_file, (routes,))
         options = SumoOptions(seconds=warmup_s + seconds, seed=seed, time_to_teleport_s=-1)
         engine = SumoEngine(scenario, options, Path(folder) / "tripinfo.xml")
         counts: dict[str, int] = {}
