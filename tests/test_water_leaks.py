@@ -24,6 +24,7 @@ from civica.domains.water.leaks import (
     detect_leaks,
     gather_evidence,
     localise_at,
+    scan,
 )
 from civica.domains.water.network import WaterInputError
 from civica.domains.water.night_flow import consumption_and_model, detect_mnf, night_minima
@@ -321,3 +322,15 @@ def test_district_meters_join_the_loggers(tmp_path: Path) -> None:
     assert np.all(evidence.sigma[evidence.pressure_columns :] >= 5e-5)
     plain = gather_evidence(scenario, 2, DetectorSettings(use_meters=False))
     assert not [s for s in plain.loggers if s.startswith("F_")]
+
+
+def test_an_alarm_that_cannot_say_where_waits(leaky: Path) -> None:
+    """A report needs a quarter of the posterior within 300 m of its pipe by default; asking
+    for more than all of it holds every alarm back, asking for nothing reports at once."""
+    scenario = load_scenario(leaky)
+    evidence = gather_evidence(scenario, 2, DetectorSettings())
+    eager = scan(evidence, scenario.network, DetectorSettings(min_mass=0.0))
+    assert eager
+    assert scan(evidence, scenario.network, DetectorSettings(min_mass=1.01)) == []
+    default = scan(evidence, scenario.network, DetectorSettings())
+    assert default and default[0].detected_at >= eager[0].detected_at

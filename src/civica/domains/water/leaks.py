@@ -42,7 +42,11 @@ How it works, and why:
 4. **Localise.** Each pipe's posterior is its prior (proportional to length: leaks per km)
    times the likelihood of the residuals; the report names the pipe that gathers the most
    posterior mass within 300 m of it, about the reach of a crew with acoustic equipment.
-   ``estimated_flow`` is the least-squares leak size (m³/s) for that pipe.
+   ``estimated_flow`` is the least-squares leak size (m³/s) for that pipe. An alarm whose
+   best pipe gathers less than a quarter of the posterior within 300 m is held back (the scan
+   goes on and reports when the evidence has settled on a place): on the benchmark's seeds
+   this cut false alarms 18 → 13 with one hit more, and on 54 other seeds 9 → 5 with the
+   same hits.
 
 Limits: a leak is only seen through its local pressure drop beyond what a uniform rise in
 demand would cause. Where tanks feed the network through large mains (Net3), a leak mostly
@@ -91,6 +95,7 @@ class DetectorSettings:
     min_sigma_m: float = 0.02
     min_sigma_flow: float = 5e-5  # m³/s, district meters (0.05 L/s)
     use_meters: bool = True  # district meters as sensors of where (not of whether)
+    min_mass: float = 0.25  # report only when this much posterior lies within reach
     max_leak_share: float = 0.2  # of the mean consumption
     familiar_margin_m: float = 3.0  # how far outside its leak-free range the model may go
     balance_window_h: int = 24  # the water balance joins the windows at least this long
@@ -484,7 +489,9 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
             if pressure_only[best] < settings.pressure_floor:
                 continue  # the meters say "a leak", the loggers cannot say where: wait
             located, size, _ = windows.statistic(t, w, known, locate=True)
-            pipe = _localise(located, evidence, graph)
+            pipe, mass = _localise(located, evidence, graph)
+            if mass < settings.min_mass:
+                continue  # a leak, but not yet where: wait for more evidence
             index = evidence.pipes.index(pipe)
             known.append(windows.signature(t, w, index))
             reports.append(
@@ -512,7 +519,7 @@ def localise_at(
         t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
         t -= (t + 1) % windows.per_hour  # the hourly steps the scan decides at
         stat, _, _ = windows.statistic(t, w, [], locate=True)
-        named.append(_localise(stat, evidence, graph))
+        named.append(_localise(stat, evidence, graph)[0])
     return named
 
 
@@ -552,8 +559,9 @@ def _glr(
     return np.where(a > 0, a * a / b, 0.0), size
 
 
-def _localise(stat: np.ndarray, evidence: Evidence, graph: nx.Graph) -> str:
-    """The pipe gathering the most posterior mass within ``SEARCH_RADIUS_M`` of it."""
+def _localise(stat: np.ndarray, evidence: Evidence, graph: nx.Graph) -> tuple[str, float]:
+    """The pipe gathering the most posterior mass within ``SEARCH_RADIUS_M`` of it, and
+    that mass (the chance, by the model, that the leak is within reach of it)."""
     log_post = 0.5 * stat + np.log(np.maximum(evidence.lengths, 1.0))
     post = np.exp(log_post - log_post.max())
     post /= post.sum()
@@ -566,7 +574,7 @@ def _localise(stat: np.ndarray, evidence: Evidence, graph: nx.Graph) -> str:
         mass = sum(post[j] for j, other in zip(top, names, strict=True) if other in near)
         if mass > best_mass + 1e-12 or (i == top[0] and mass >= best_mass):
             best_pipe, best_mass = name, mass
-    return best_pipe
+    return best_pipe, float(best_mass)
 
 
 def _pipes_within(graph: nx.Graph, pipe: str, radius: float) -> set[str]:
