@@ -466,9 +466,23 @@ def measure_saturation(
     rounds = probe_rounds(probes)
     for n, members in enumerate(rounds):
         flows = [
-            f'<flow id="p{k}" type="probe" begin="0" end="86400" '
-            f'vehsPerHour="{offered_veh_h:g}" from="{p.link.from_edge}" '
-            f'to="{p.link.to_edge}" departLane="{p.link.from_lane}" departSpeed="max"/>'
+            ET.tostring(
+                ET.Element(
+                    "flow",
+                    {
+                        "id": f"p{k}",
+                        "type": "probe",
+                        "begin": "0",
+                        "end": "86400",
+                        "vehsPerHour": f"{offered_veh_h:g}",
+                        "from": p.link.from_edge,
+                        "to": p.link.to_edge,
+                        "departLane": str(p.link.from_lane),
+                        "departSpeed": "max",
+                    },
+                ),
+                encoding="unicode",
+            )
             for k, p in enumerate(members)
         ]
         routes = "\n".join(["<routes>", vtype, *flows, "</routes>"])
