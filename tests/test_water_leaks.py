@@ -205,8 +205,10 @@ def test_detect_command_writes_the_contract(leaky: Path, tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["water", "detect", str(leaky), "--out", str(out)])
     assert result.exit_code == 0, result.output
     reports = json.loads(out.read_text())
-    assert reports and set(reports[0]) == {"pipe", "detected_at", "estimated_flow"}
+    assert reports and set(reports[0]) == {"pipe", "detected_at", "estimated_flow", "confidence"}
     assert reports[0]["detected_at"].endswith("Z")
+    # the chance the leak is within 300 m: at least the quarter an alarm waits for
+    assert 0.25 <= reports[0]["confidence"] <= 1.0
 
 
 def test_water_balance_sees_a_steady_extra_flow() -> None:

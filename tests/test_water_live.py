@@ -173,3 +173,4 @@ def test_leak_watch_raises_what_the_batch_detector_finds(
     for alert in stored:
         area = alert["candidateArea"]["value"]  # type: ignore[index]
         assert area["pipe"] in area["pipes"]  # the reported pipe is inside its own area
+        assert 0.25 <= area["probability"] <= 1.0  # the detector's chance it is in there

@@ -177,7 +177,16 @@ class LeakWatch:
         pipe = str(alarm["pipe"])
         nearby = pipes_within(self._graph, pipe, CANDIDATE_RADIUS_M)
         flow = float(alarm.get("estimated_flow") or 0.0)
-        return leak_alert(self.name, pipe, at, flow, nearby, CANDIDATE_RADIUS_M)
+        chance = alarm.get("confidence")
+        return leak_alert(
+            self.name,
+            pipe,
+            at,
+            flow,
+            nearby,
+            CANDIDATE_RADIUS_M,
+            float(chance) if isinstance(chance, int | float) else None,
+        )
 
 
 class _Marker:

@@ -123,8 +123,10 @@ def leak_alert(
     estimated_flow: float,
     nearby_pipes: list[str],
     radius_m: float,
+    confidence: float | None = None,
 ) -> dict[str, Any]:
-    """An ``Alert`` an operator can query: leak suspected near a pipe, with the candidate area."""
+    """An ``Alert`` an operator can query: leak suspected near a pipe, with the candidate area
+    and, when the detector gives it, the chance that the leak lies within it."""
     lps = estimated_flow * 1000.0
     severity = "high" if lps >= 5.0 else "medium" if lps >= 1.0 else "low"
     stamp = format_time(detected_at)
@@ -143,7 +145,13 @@ def leak_alert(
         "estimatedFlow": {"type": "Property", "value": max(estimated_flow, 0.0), "unitCode": "MQS"},
         "candidateArea": {
             "type": "Property",
-            "value": {"network": network, "pipe": pipe, "pipes": nearby_pipes, "radiusM": radius_m},
+            "value": {
+                "network": network,
+                "pipe": pipe,
+                "pipes": nearby_pipes,
+                "radiusM": radius_m,
+                **({"probability": round(confidence, 3)} if confidence is not None else {}),
+            },
         },
     }
 

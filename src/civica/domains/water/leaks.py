@@ -107,18 +107,21 @@ class DetectorSettings:
 
 @dataclass(frozen=True)
 class LeakReport:
-    """One reported leak: the pipe, when it was raised and its estimated outflow (m³/s)."""
+    """One reported leak: the pipe, when it was raised, its estimated outflow (m³/s) and the
+    model's chance that the leak is within 300 m of the pipe (the posterior mass there)."""
 
     pipe: str
     detected_at: datetime
     estimated_flow: float
+    confidence: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
-        """The leaks.json form."""
+        """The leaks.json form (``confidence`` is extra: scorers read the first three)."""
         return {
             "pipe": self.pipe,
             "detected_at": self.detected_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "estimated_flow": round(self.estimated_flow, 6),
+            "confidence": round(self.confidence, 3),
         }
 
 
@@ -495,7 +498,12 @@ def scan(evidence: Evidence, wn: engine.Model, settings: DetectorSettings) -> li
             index = evidence.pipes.index(pipe)
             known.append(windows.signature(t, w, index))
             reports.append(
-                LeakReport(pipe, evidence.times[t].to_pydatetime(), float(max(size[index], 0)))
+                LeakReport(
+                    pipe,
+                    evidence.times[t].to_pydatetime(),
+                    float(max(size[index], 0)),
+                    min(mass, 1.0),
+                )
             )
             break
     return reports
