@@ -311,10 +311,6 @@ class SumoEngine:
             for lane, values in results.items()
         }
 
-    def arrived(self) -> int:
-        """Vehicles that reached their destination in the last step."""
-        return int(self._call("arrived", self._conn.simulation.getArrivedNumber))
-
     def arrived_ids(self) -> tuple[str, ...]:
         """The ids of the vehicles that reached their destination in the last step."""
         return tuple(self._call("arrived ids", self._conn.simulation.getArrivedIDList))
