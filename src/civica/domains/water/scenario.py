@@ -34,6 +34,7 @@ How the "real" network differs from the utility's model (all documented figures)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -261,6 +262,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     return truth
 
 
+@functools.cache
 def generator_stamp() -> str:
     """A digest of the generator's code: the same seed gives the same files only under the
     same stamp, so a cached scenario is reused only while it matches (see :func:`is_current`).
