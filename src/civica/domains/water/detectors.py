@@ -42,8 +42,8 @@ CANDIDATE_RADIUS_M = 300.0
 
 def pipes_within(graph: Any, pipe: str, radius_m: float) -> list[str]:
     """Links with midpoints within ``radius_m`` of ``pipe``'s along the network, nearest first."""
-    table = distances_from_link(graph, pipe) if pipe in graph.graph["links"] else {}
-    return [name for name, d in sorted(table.items(), key=lambda kv: kv[1]) if d <= radius_m]
+    table = distances_from_link(graph, pipe, radius_m) if pipe in graph.graph["links"] else {}
+    return [name for name, _ in sorted(table.items(), key=lambda kv: kv[1])]
 
 
 def _default_detect(scenario: Scenario, leak_free_days: int) -> list[dict[str, Any]]:

@@ -138,12 +138,12 @@ class Evidence:
     pipes: tuple[str, ...]
     lengths: np.ndarray  # (pipes,) m
     loggers: tuple[str, ...]  # pressure loggers, then district flow meters
+    pressure_columns: int  # how many of them (the first columns) are pressure loggers
     train_steps: int
     consumption: float  # m³/s, mean metered consumption on the leak-free days
     balance: np.ndarray  # (steps,) m³/s, consumption the model's demand does not explain
     balance_sd: np.ndarray  # (steps,) m³/s, its standard error
     notes: list[str] = field(default_factory=list)
-    pressure_columns: int = -1  # the first columns are pressures (-1: all of them)
 
 
 def detect_leaks(
@@ -246,7 +246,7 @@ def _district_meters(scenario: Scenario, train: int) -> list[str]:
     """Flow meters on links between districts (not at a tank or reservoir: those feed the
     consumption the model is driven with) with enough readings to learn from."""
     wn = scenario.network
-    sources = set(wn.tank_name_list) | set(wn.reservoir_name_list)
+    sources = set(engine.source_nodes(wn))
     found = []
     for sensor in scenario.of_kind("flow"):
         link = wn.get_link(scenario.element(sensor))
@@ -423,9 +423,8 @@ class _Windows:
             self.shapes[w] = _window_signature(evidence.signature, w)
         self.hours = np.asarray(evidence.times.hour)
         # pressure rises carry little leak evidence; a meter's flow may rightly go either way
-        columns = evidence.residual.shape[1]
-        pressures = columns if evidence.pressure_columns < 0 else evidence.pressure_columns
-        self.cap = np.where(np.arange(columns) < pressures, settings.positive_cap, np.inf)
+        columns = np.arange(evidence.residual.shape[1])
+        self.cap = np.where(columns < evidence.pressure_columns, settings.positive_cap, np.inf)
 
     def statistic(
         self, t: int, w: int, known: list[np.ndarray], locate: bool = False
@@ -436,11 +435,7 @@ class _Windows:
         *where*). Only the pressure loggers count unless ``locate``: the district meters
         help to say where a leak is, not whether there is one."""
         evidence, settings, spread = self.evidence, self.settings, self.spreads[w]
-        used = (
-            slice(None)
-            if locate or evidence.pressure_columns < 0
-            else slice(0, evidence.pressure_columns)
-        )
+        used = slice(None) if locate else slice(0, evidence.pressure_columns)
         spread = spread[used]
         y = np.minimum(np.nan_to_num(self.medians[w][t][used]) / spread, self.cap[used])
         shape = self.shapes[w][self.hours[t]][used] / spread[:, None]
@@ -578,26 +573,8 @@ def _localise(stat: np.ndarray, evidence: Evidence, graph: nx.Graph) -> tuple[st
     names = [evidence.pipes[i] for i in top]
     best_pipe, best_mass = names[0], -1.0
     for i, name in zip(top, names, strict=True):
-        near = _pipes_within(graph, name, SEARCH_RADIUS_M)
+        near = engine.distances_from_link(graph, name, SEARCH_RADIUS_M)
         mass = sum(post[j] for j, other in zip(top, names, strict=True) if other in near)
         if mass > best_mass + 1e-12 or (i == top[0] and mass >= best_mass):
             best_pipe, best_mass = name, mass
     return best_pipe, float(best_mass)
-
-
-def _pipes_within(graph: nx.Graph, pipe: str, radius: float) -> set[str]:
-    """Links whose midpoint is within ``radius`` m of ``pipe``'s midpoint along the network."""
-    links: dict[str, tuple[str, str, float]] = graph.graph["links"]
-    u, v, length = links[pipe]
-    reach: dict[str, float] = {}
-    for end in (u, v):
-        for node, d in nx.single_source_dijkstra_path_length(
-            graph, end, cutoff=radius, weight="length"
-        ).items():
-            reach[node] = min(reach.get(node, math.inf), d)
-    found = {pipe}
-    for name, (a, b, other) in links.items():
-        gap = min(reach.get(a, math.inf), reach.get(b, math.inf))
-        if length / 2 + gap + other / 2 <= radius:
-            found.add(name)
-    return found

@@ -213,19 +213,25 @@ def link_distance(graph: nx.Graph, a: str, b: str) -> float:
     return distances_from_link(graph, a).get(b, math.inf)
 
 
-def distances_from_link(graph: nx.Graph, a: str) -> dict[str, float]:
+def distances_from_link(graph: nx.Graph, a: str, within: float | None = None) -> dict[str, float]:
     """Distance in m along the network from the midpoint of link ``a`` to every link's midpoint.
 
-    Links that cannot be reached are left out.
+    Links that cannot be reached are left out, and with ``within`` so are those farther than
+    that (the search then stops there).
     """
     links: dict[str, tuple[str, str, float]] = graph.graph["links"]
     ua, va, la = links[a]
-    reach = [nx.single_source_dijkstra_path_length(graph, end, weight="length") for end in (ua, va)]
+    reach = [
+        nx.single_source_dijkstra_path_length(graph, end, cutoff=within, weight="length")
+        for end in (ua, va)
+    ]
+    limit = math.inf if within is None else within
     table: dict[str, float] = {}
     for name, (u, v, length) in links.items():
         best = min(r.get(end, math.inf) for r in reach for end in (u, v))
-        if math.isfinite(best):
-            table[name] = 0.0 if name == a else la / 2 + best + length / 2
+        distance = 0.0 if name == a else la / 2 + best + length / 2
+        if math.isfinite(best) and distance <= limit:
+            table[name] = distance
     return table
 
 
