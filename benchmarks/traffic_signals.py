@@ -10,6 +10,12 @@ Prints one JSON object per run (JSON lines) and a summary object per scenario an
 Each run is its own SUMO process (same eclipse-sumo build for every controller); runs go in
 parallel over ``--jobs`` worker processes. Metrics follow RESCO: average delay = SUMO timeLoss
 + departDelay per vehicle, vehicles still driving or never inserted at the end counted.
+
+Per scenario it also prints the capacity floor (``civica traffic capacity --measure``, skip it
+with ``--no-floor``): the share of vehicles that no controller can get through the busiest
+light within the window, with saturation flows measured in the same SUMO build. Where it is
+above 0 the demand exceeds what the junction can carry, and no controller can keep every
+vehicle moving; ``worst_stuck_pct_where_servable`` is the worst stuck share elsewhere.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from civica.domains.traffic.capacity import capacity_report
 from civica.domains.traffic.control import controller_names, run_control
-from civica.domains.traffic.engine import SumoOptions
+from civica.domains.traffic.engine import SumoOptions, discharge_rates
 from civica.domains.traffic.scenarios import resco_scenario
 
 SCENARIOS = ("grid4x4", "arterial4x4", "cologne1", "cologne3", "ingolstadt1")
@@ -42,6 +49,34 @@ def _run(
     return figures
 
 
+def _floor(scenario: str, seconds: float, demand_scale: float) -> dict[str, Any]:
+    """The capacity bound of the scenario's busiest light, saturation flows measured."""
+    found = resco_scenario(scenario)
+
+    def discharge(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
+        return discharge_rates(found.net_file, routes_xml, held)
+
+    started = time.perf_counter()
+    report = capacity_report(
+        found.net_file,
+        found.route_files,
+        found.begin,
+        seconds,
+        demand_scale,
+        discharge=discharge,
+    )
+    lights: list[dict[str, Any]] = report["lights"]  # type: ignore[assignment]
+    share: float = report["unfinished_share_at_least"]  # type: ignore[assignment]
+    return {
+        "floor": True,
+        "scenario": scenario,
+        "busiest_light": lights[0]["tls"] if lights else None,
+        "required_green_share": lights[0]["required_green_share"] if lights else 0.0,
+        "unfinished_pct_at_least": round(100 * share, 2),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the grid of scenarios x controllers x seeds and print JSON lines."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3600.0)
     parser.add_argument("--demand-scale", type=float, default=1.0, help="SUMO --scale")
     parser.add_argument("--jobs", type=int, default=4)
+    parser.add_argument("--no-floor", action="store_true", help="skip the capacity floors")
     args = parser.parse_args(argv)
     if args.quick:
         args.scenarios, args.seeds, args.seconds = ["cologne1", "grid4x4"], [0], 300.0
@@ -63,13 +99,21 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds
         for controller in args.controllers
     ]
+    floors: dict[str, float] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {pool.submit(_run, *run, args.seconds, args.demand_scale): run for run in runs}
+        if not args.no_floor:
+            for scenario in args.scenarios:
+                task = pool.submit(_floor, scenario, args.seconds, args.demand_scale)
+                futures[task] = (scenario, "capacity floor", 0)
         for done, future in enumerate(as_completed(futures), 1):
             figures = future.result()
             print(json.dumps(figures), flush=True)
-            delays[(figures["scenario"], figures["controller"])].append(figures)
-            print(f"[{done}/{len(runs)}] {futures[future]}", file=sys.stderr, flush=True)
+            if figures.get("floor"):
+                floors[figures["scenario"]] = figures["unfinished_pct_at_least"]
+            else:
+                delays[(figures["scenario"], figures["controller"])].append(figures)
+            print(f"[{done}/{len(futures)}] {futures[future]}", file=sys.stderr, flush=True)
 
     summaries: dict[tuple[str, str], dict[str, Any]] = {}
     for scenario in args.scenarios:
@@ -103,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                     2,
                 ),
             }
+            if scenario in floors:
+                summary["unfinished_floor_pct"] = floors[scenario]
             if fixed:
                 base = statistics.fmean(f["average_delay_s"] for f in fixed)
                 summary["vs_fixed_pct"] = round(100 * (mean - base) / base, 1) if base else None
@@ -136,6 +182,9 @@ def overall(
             )
         line["worst_not_finished_pct"] = max(r["not_finished_pct"] for r in rows)
         line["worst_stuck_pct"] = max(r["stuck_pct"] for r in rows)
+        servable = [r["stuck_pct"] for r in rows if r.get("unfinished_floor_pct", 0) == 0]
+        if len(servable) < len(rows):
+            line["worst_stuck_pct_where_servable"] = max(servable, default=None)
         lines.append(line)
     return lines
 

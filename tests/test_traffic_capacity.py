@@ -309,3 +309,86 @@ def test_flows_count_their_vehicles_at_their_rate(net: Path, tmp_path: Path) -> 
     rou.write_text('<routes><flow id="x" period="soon" from="w_c" to="c_e"/></routes>')
     with pytest.raises(ValueError, match="flow 'x': unreadable rate"):
         list(read_routes([rou], graph))
+
+
+def _permissive_net(tmp_path: Path, state: str, rules: bool = True) -> Path:
+    """NET with one phase ``state`` over links 0 (north-south through) and 1 (west-east), and,
+    with ``rules``, the junction's right-of-way table: link 1 yields to link 0."""
+    request = (
+        '<junction id="c" type="traffic_light">'
+        '<request index="0" response="00" foes="10" cont="0"/>'
+        '<request index="1" response="01" foes="01" cont="0"/></junction>'
+    )
+    text = NET.replace('state="GrG"', f'state="{state}"').replace('state="rGr"', f'state="{state}"')
+    text = text.replace('state="yry"', 'state="yyy"').replace('state="ryr"', 'state="yyy"')
+    path = tmp_path / f"permissive-{state}-{rules}.net.xml"
+    path.write_text(text.replace("</net>", f"{request if rules else ''}</net>"))
+    return path
+
+
+def test_a_permissive_link_shares_its_green_with_the_links_it_yields_to(tmp_path: Path) -> None:
+    """Link 1 on a permissive green ('g') crosses link 0's path and must let it pass: the two
+    share the crossing's time, so the phase needs the sum of their shares, not the larger."""
+    through = saturation_flow(13.89)
+    demand = {("n_c", "c_s"): 900.0, ("w_c", "c_e"): 600.0}
+    permissive = _permissive_net(tmp_path, "Ggr")
+    junction = read_network(permissive)[0]["c"]
+    assert junction.yields == {1: frozenset({0})}
+    assert junction.minor == [frozenset({1})]
+    assert required_share(junction, demand) == pytest.approx(1500 / through, abs=1e-3)
+    # a link that delivered nothing when measured cannot serve its demand (and is no crash)
+    stalled = {("c", lk): 0.0 for lk in junction.links[1]}
+    assert required_share(junction, demand, stalled) == float("inf")
+    # both protected (a phase no real light would show: the bound trusts the programme), or
+    # no right-of-way table to read: each link on its own green, the busier one decides
+    for other in (_permissive_net(tmp_path, "GGr"), _permissive_net(tmp_path, "Ggr", False)):
+        found = read_network(other)[0]["c"]
+        assert required_share(found, demand) == pytest.approx(900 / through, abs=1e-3)
+
+
+def test_sumo_gives_a_permissive_turn_no_more_than_the_gaps_of_its_foe(tmp_path: Path) -> None:
+    """What the bound assumes of SUMO: a left turn yielding to the oncoming through traffic
+    delivers at most its own saturation flow times the share of time the through flow leaves
+    free (L/s_L + T/s_T <= 1), whatever the through flow."""
+    net, _ = _sumo_crossroads(tmp_path)
+    junctions, _ = read_network(net)
+    light_ = junctions["C"]
+    left = next(
+        lk
+        for lks in light_.links.values()
+        for lk in lks
+        if (lk.from_edge, lk.to_edge) == ("SC", "CW")
+    )
+    oncoming = next(
+        lk
+        for lks in light_.links.values()
+        for lk in lks
+        if (lk.from_edge, lk.to_edge) == ("NC", "CS")
+    )
+    assert oncoming.index in light_.yields[left.index]
+    phases = zip(light_.phases, light_.minor, strict=True)
+    assert any(left.index in minor and oncoming.index in green for green, minor in phases)
+
+    def run(offered: dict[str, tuple[Link, float]], left_state: str) -> dict[str, float]:
+        flows = "".join(
+            f'<flow id="{name}" begin="0" end="900" vehsPerHour="{rate:g}" '
+            f'from="{lk.from_edge}" to="{lk.to_edge}" departLane="0" departSpeed="max"/>'
+            for name, (lk, rate) in offered.items()
+        )
+        size = light_.size
+        state = "".join(
+            left_state if i == left.index else "G" if i == oncoming.index else "r"
+            for i in range(size)
+        )
+        return discharge_rates(
+            net, f"<routes>{flows}</routes>", {"C": state}, warmup_s=60, seconds=300, seed=3
+        )
+
+    s_left = run({"L": (left, 3600)}, "G")["L"]
+    s_through = run({"T": (oncoming, 3600)}, "G")["T"]
+    assert s_left > 900 and s_through > 1200
+    for through in (300.0, 700.0):
+        got = run({"L": (left, 3600), "T": (oncoming, through)}, "g")
+        assert got["T"] == pytest.approx(through, rel=0.15)  # the through flow is served
+        assert got["L"] / s_left + got["T"] / s_through <= 1.0
+        assert got["L"] > 0  # and the left does use gaps

@@ -48,9 +48,6 @@ console = Console(stderr=True, soft_wrap=True)
 # twin opens the store exactly as ``civica serve`` does without a domain importing the CLI.
 OPEN_STORE = "civica.open_store"
 EXIT_INTERRUPTED = 130  # the shell's code for a run ended by Ctrl-C (128 + SIGINT)
-# capacity --measure: each run warms up, then counts what the probed links deliver
-MEASURE_WARMUP_S = 120.0
-MEASURE_SECONDS = 600.0
 
 
 class TrafficCommandError(click.ClickException):
@@ -224,10 +221,11 @@ def capacity(
 ) -> None:
     """How much of the time each light must be green to serve its demand, at the least.
 
-    A bound no signal controller can beat (generous to the junction: no lost time, permissive
-    greens as full greens, discharge at the car-following limit or, with --measure, at the
-    rate SUMO itself lets each loaded link discharge on a permanent green of its own). Over 1:
-    the light cannot carry its demand whatever the control; JSON, busiest light first.
+    A bound no signal controller can beat (generous to the junction: no lost time, a
+    permissive turn using every second its oncoming traffic leaves free, discharge at the
+    car-following limit or, with --measure, at the rate SUMO itself lets each loaded link
+    discharge on a permanent green of its own). Over 1: the light cannot carry its demand
+    whatever the control; JSON, busiest light first.
     """
     from civica.domains.traffic.capacity import capacity_report
 
@@ -237,14 +235,7 @@ def capacity(
             raise ScenarioError("the capacity bound needs the scenario's route files")
 
         def discharge(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
-            return discharge_rates(
-                scenario.net_file,
-                routes_xml,
-                held,
-                warmup_s=MEASURE_WARMUP_S,
-                seconds=MEASURE_SECONDS,
-                seed=seed,
-            )
+            return discharge_rates(scenario.net_file, routes_xml, held, seed=seed)
 
         with _progress(unit="runs") as bar:
             task = bar.add_task(f"{scenario.name} · saturation flows", total=1, visible=measure)

@@ -506,14 +506,16 @@ def discharge_rates(
     routes_xml: str,
     held: dict[str, str],
     *,
-    warmup_s: float,
-    seconds: float,
+    warmup_s: float = 120.0,
+    seconds: float = 600.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """Run ``net_file`` with the vehicles of ``routes_xml``, every light in ``held`` showing its
     state string throughout; per flow id, the vehicles per hour that arrived after
     ``warmup_s`` (over the following ``seconds``). The light's own programme is replaced by
-    the held state at the first step, before any vehicle reaches it."""
+    the held state at the first step, before any vehicle reaches it. The defaults are the
+    capacity probes' (``civica traffic capacity --measure``): 2 minutes to fill the queues,
+    10 to count, about 2 % of sampling noise."""
     with tempfile.TemporaryDirectory(prefix="civica-discharge-") as folder:
         routes = Path(folder) / "probe.rou.xml"
         routes.write_text(routes_xml)
