@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,18 @@ def run(job: Job) -> dict[str, Any]:
 
 
 def localisation_given_time(directory: Path, scenario: Scenario, evidence: Evidence) -> list[float]:
-    """Per leak, how far (m) the pipe the detector names is when told the leak runs: at the
-    end of the first day after its outflow reaches 80 % of its peak (or at its end). This
-    separates "where" from "when": a leak can only count as found if this is within 300 m."""
+    """Per leak, how far (m) the pipe the detector names is when told the leak runs (see
+    :func:`given_times`). This separates "where" from "when": a leak can only count as found
+    if this is within 300 m."""
+    pipes, times = given_times(directory)
+    named = localise_at(evidence, scenario.network, times)
+    graph = network_graph(scenario.network)
+    return [link_distance(graph, p, n) for p, n in zip(pipes, named, strict=True)]
+
+
+def given_times(directory: Path) -> tuple[list[str], list[datetime]]:
+    """Each leak that delivers water and when to ask where it is: at the end of the first day
+    after its outflow reaches 80 % of its peak (or at its end)."""
     truth = json.loads((directory / "truth.json").read_text())
     flows = pd.read_csv(directory / "leak_flows.csv", index_col=0, parse_dates=True)
     pipes, times = [], []
@@ -116,10 +126,9 @@ def localisation_given_time(directory: Path, scenario: Scenario, evidence: Evide
             continue
         developed = flow.index[int(np.argmax(flow.to_numpy() >= 0.8 * flow.max()))]
         pipes.append(leak["pipe"])
-        times.append(min(developed + pd.Timedelta(days=1), pd.Timestamp(leak["end"])))
-    named = localise_at(evidence, scenario.network, [t.to_pydatetime() for t in times])
-    graph = network_graph(scenario.network)
-    return [link_distance(graph, p, n) for p, n in zip(pipes, named, strict=True)]
+        when = min(developed + pd.Timedelta(days=1), pd.Timestamp(leak["end"]))
+        times.append(when.to_pydatetime())
+    return pipes, times
 
 
 def summary(results: list[dict[str, Any]], method: str) -> dict[str, Any]:

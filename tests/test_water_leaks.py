@@ -8,6 +8,7 @@ roughness 2 % off the model and a leak that starts on day 3 (after two leak-free
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from civica.domains.water.files import load_scenario
 from civica.domains.water.leaks import (
     DetectorSettings,
     _water_balance,
+    decision_step,
     detect_leaks,
     gather_evidence,
     localise_at,
@@ -249,6 +251,42 @@ def test_localise_at_names_a_pipe_near_a_leak_known_to_run(leaky: Path) -> None:
     (named,) = localise_at(evidence, scenario.network, [when])
     graph = engine.network_graph(scenario.network)
     assert engine.link_distance(graph, named, LEAK_PIPE) <= 1500.0
+
+
+def test_localise_at_can_be_given_what_if_residuals(leaky: Path) -> None:
+    """The study of what limits localisation (benchmarks/water_where.py) hands the detector
+    residuals of its own making: a clean leak signature on a pipe far from the real leak is
+    placed there, not where the readings say, and the decision step is the hourly one."""
+    scenario = load_scenario(leaky)
+    evidence = gather_evidence(scenario, 2, DetectorSettings())
+    graph = engine.network_graph(scenario.network)
+    signature = evidence.signature.mean(axis=0)
+    loggers = signature[: evidence.pressure_columns]
+    unit = loggers / np.maximum(np.linalg.norm(loggers, axis=0), 1e-12)
+
+    def distinct(i: int) -> bool:
+        """No pipe more than 300 m away looks alike to the loggers (Net3's mains do)."""
+        near = engine.distances_from_link(graph, evidence.pipes[i], 300.0)
+        alike = [j for j in np.flatnonzero(unit.T @ unit[:, i] > 0.95)]
+        return all(evidence.pipes[j] in near for j in alike)
+
+    strength = np.linalg.norm(loggers, axis=0)
+    other = next(
+        int(i)
+        for i in np.argsort(strength)[::-1]
+        if engine.link_distance(graph, evidence.pipes[i], LEAK_PIPE) > 2000.0 and distinct(int(i))
+    )
+    when = (START + pd.Timedelta(days=3, hours=20, minutes=50)).to_pydatetime()
+    t = decision_step(evidence, when)
+    assert evidence.times[t] == pd.Timestamp("2026-01-04T20:45:00Z")  # the hour's last step
+    # a clean 30 L/s signature, and a detector told its residuals are twenty times cleaner
+    # than the readings' (Net3's loggers barely feel a leak at their real noise)
+    settings = DetectorSettings(positive_cap=float("inf"))
+    clean = replace(evidence, sigma=evidence.sigma / 20, slow=evidence.slow / 20)
+    (named,) = localise_at(clean, scenario.network, [when], settings, [0.03 * signature[:, other]])
+    assert engine.link_distance(graph, named, evidence.pipes[other]) <= 300.0
+    (own,) = localise_at(evidence, scenario.network, [when])
+    assert engine.link_distance(graph, own, evidence.pipes[other]) > 300.0
 
 
 def test_a_supply_never_seen_while_learning_is_no_evidence(dry: Path, tmp_path: Path) -> None:

@@ -509,21 +509,40 @@ def localise_at(
     wn: engine.Model,
     times: Sequence[datetime],
     settings: DetectorSettings | None = None,
+    medians: Sequence[np.ndarray] | None = None,
 ) -> list[str]:
     """The pipe the detector would name for a leak known to run at each of ``times``: its
-    localisation on its own, for the benchmark's "given the time, how close is the place?"."""
+    localisation on its own, for the benchmark's "given the time, how close is the place?".
+    With ``medians`` (one per time: every logger's residual median over the longest window,
+    m, then the district meters', m³/s) it localises those instead of the readings' own, for
+    studies of what limits localisation (``benchmarks/water_where.py``)."""
     settings = settings or DetectorSettings()
     windows = _Windows(evidence, settings)
     graph = engine.network_graph(wn)
     w = max(settings.windows_h)
+    if medians is not None:
+        windows.medians[w] = windows.medians[w].copy()  # pandas may hand out a read-only view
     named = []
-    for when in times:
-        t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
-        t = min(max(t, w * windows.per_hour - 1), len(evidence.times) - 1)
-        t -= (t + 1) % windows.per_hour  # the hourly steps the scan decides at
+    for k, when in enumerate(times):
+        t = decision_step(evidence, when, settings)
+        if medians is not None:
+            windows.medians[w][t] = medians[k]
         stat, _, _ = windows.statistic(t, w, [], locate=True)
         named.append(_localise(stat, evidence, graph)[0])
     return named
+
+
+def decision_step(
+    evidence: Evidence, when: datetime, settings: DetectorSettings | None = None
+) -> int:
+    """The step at which the scan decides about a leak running at ``when``: the last hourly
+    step at or before it, once the longest window is full."""
+    settings = settings or DetectorSettings()
+    per_hour = max(1, HOUR_S // evidence.step_s)
+    w = max(settings.windows_h)
+    t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
+    t = min(max(t, w * per_hour - 1), len(evidence.times) - 1)
+    return t - (t + 1) % per_hour
 
 
 def _window_signature(signature: np.ndarray, hours: int) -> np.ndarray:
