@@ -27,6 +27,7 @@ import multiprocessing
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -160,9 +161,12 @@ def summary(results: list[dict[str, Any]], method: str) -> dict[str, Any]:
     }
 
 
-def given_time(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Localisation with the leak's time given: share within 300 m and the median distance."""
-    distances = [d for r in results for d in r["localisation_given_time_m"]]
+def given_time(
+    results: list[dict[str, Any]], key: str = "localisation_given_time_m"
+) -> dict[str, Any]:
+    """Localisation with the leak's time given (distances, m, under ``key`` in each result):
+    share within 300 m and the median distance."""
+    distances = [d for r in results for d in r[key]]
     finite = [d for d in distances if math.isfinite(d)]
     return {
         "leaks": len(distances),
@@ -197,44 +201,58 @@ def timing(work: Path, console: Console) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path(".bench/water"))
-    parser.add_argument("--scenarios", type=int, default=54)
-    parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--networks", default="Net2,Net3,ky4")
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--no-timing", action="store_true", help="skip the 30-day ky10 run")
-    args = parser.parse_args(argv)
-    networks = [n.strip() for n in args.networks.split(",") if n.strip()]
-    args.work.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        Job(
-            networks[i % len(networks)],
-            SEED_BASE + i,
-            args.days,
-            1 + (i // len(networks)) % 3,
-            args.work,
-        )
-        for i in range(args.scenarios)
+def scenario_plan(networks: list[str], count: int, days: int, work: Path) -> list[Job]:
+    """The benchmark's scenarios: networks in turn, seeds from ``SEED_BASE``, 1-3 leaks."""
+    return [
+        Job(networks[i % len(networks)], SEED_BASE + i, days, 1 + (i // len(networks)) % 3, work)
+        for i in range(count)
     ]
-    console = Console(stderr=True)
+
+
+def run_all(
+    work: Callable[[Any], dict[str, Any]], items: list[Any], description: str, jobs: int
+) -> list[dict[str, Any]]:
+    """``work`` on every item over ``jobs`` processes, with a progress bar on stderr."""
     results: list[dict[str, Any]] = []
-    started = time.perf_counter()
     with (
         Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=console,
+            console=Console(stderr=True),
         ) as bar,
-        multiprocessing.get_context("spawn").Pool(args.jobs) as pool,
+        multiprocessing.get_context("spawn").Pool(jobs) as pool,
     ):
-        task = bar.add_task("Leak scenarios (generate, detect, score)", total=len(jobs))
-        for result in pool.imap_unordered(run, jobs):
+        task = bar.add_task(description, total=len(items))
+        for result in pool.imap_unordered(work, items):
             results.append(result)
             bar.advance(task)
+    return results
+
+
+def scenario_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every leak study shares: where to cache, how many scenarios, how long,
+    on which networks, over how many processes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path(".bench/water"))
+    parser.add_argument("--scenarios", type=int, default=54)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--networks", default="Net2,Net3,ky4")
+    parser.add_argument("--jobs", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = scenario_arguments(__doc__)
+    parser.add_argument("--no-timing", action="store_true", help="skip the 30-day ky10 run")
+    args = parser.parse_args(argv)
+    networks = [n.strip() for n in args.networks.split(",") if n.strip()]
+    args.work.mkdir(parents=True, exist_ok=True)
+    jobs = scenario_plan(networks, args.scenarios, args.days, args.work)
+    started = time.perf_counter()
+    results = run_all(run, jobs, "Leak scenarios (generate, detect, score)", args.jobs)
+    console = Console(stderr=True)
     output: dict[str, Any] = {
         "scenarios": len(results),
         "days": args.days,

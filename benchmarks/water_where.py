@@ -26,10 +26,7 @@ would a utility need?". Prints one JSON object on stdout; progress on stderr.
 
 from __future__ import annotations
 
-import argparse
 import json
-import multiprocessing
-import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -38,8 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from civica.domains.water.files import load_scenario
 from civica.domains.water.leaks import (
@@ -50,7 +45,13 @@ from civica.domains.water.leaks import (
 )
 from civica.domains.water.network import link_distance, network_graph
 from civica.domains.water.scenario import ScenarioConfig, generate, is_current
-from water_leaks import SEED_BASE, given_times  # the sibling script (run from benchmarks/)
+from water_leaks import (  # the sibling script (run from benchmarks/)
+    given_time,
+    given_times,
+    run_all,
+    scenario_arguments,
+    scenario_plan,
+)
 
 VERSIONS = (
     "actual",
@@ -150,60 +151,29 @@ def shares(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Per version: the share of leaks placed within 300 m and the median distance (m)."""
     out: dict[str, Any] = {"leaks": sum(len(r["actual"]) for r in results)}
     for name in VERSIONS:
-        distances = [d for r in results for d in r[name]]
-        if distances:
-            out[name] = {
-                "within_300m": round(sum(d <= 300.0 for d in distances) / len(distances), 3),
-                "median_m": round(float(statistics.median(distances))),
-            }
+        placed = given_time(results, name)
+        out[name] = {k: placed[k] for k in ("within_300m", "median_m")}
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path(".bench/water"))
-    parser.add_argument("--scenarios", type=int, default=54)
-    parser.add_argument("--days", type=int, default=14)
-    parser.add_argument("--networks", default="Net2,Net3,ky4")
+    parser = scenario_arguments(__doc__)
     parser.add_argument("--sensors", type=int, default=None, help="pressure loggers")
     parser.add_argument("--only", default=None, help="of the scenarios, only this network's")
-    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     networks = [n.strip() for n in args.networks.split(",") if n.strip()]
     args.work.mkdir(parents=True, exist_ok=True)
     # The leak benchmark's scenarios (same seeds, networks and leak counts) when --networks
-    # is its default; a subset of networks takes their seeds in the same pattern.
+    # is its default; --only keeps one network's of them.
     pairs = [
-        Pair(
-            networks[i % len(networks)],
-            SEED_BASE + i,
-            args.days,
-            1 + (i // len(networks)) % 3,
-            args.sensors,
-            args.work,
-        )
-        for i in range(args.scenarios)
-        if args.only in (None, networks[i % len(networks)])
+        Pair(job.network, job.seed, job.days, job.leaks, args.sensors, args.work)
+        for job in scenario_plan(networks, args.scenarios, args.days, args.work)
+        if args.only in (None, job.network)
     ]
     if args.only is not None:
         networks = [args.only]
-    console = Console(stderr=True)
     started = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    with (
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar,
-        multiprocessing.get_context("spawn").Pool(args.jobs) as pool,
-    ):
-        task = bar.add_task("Scenarios and their leak-free twins", total=len(pairs))
-        for result in pool.imap_unordered(run, pairs):
-            results.append(result)
-            bar.advance(task)
+    results = run_all(run, pairs, "Scenarios and their leak-free twins", args.jobs)
     output: dict[str, Any] = {
         "scenarios": len(results),
         "days": args.days,
