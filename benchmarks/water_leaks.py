@@ -74,7 +74,7 @@ class Job:
 
     @property
     def directory(self) -> Path:
-        return self.work / f"{self.network}_d{self.days}_l{self.leaks}_s{self.seed}"
+        return self.work / f"{Path(self.network).stem}_d{self.days}_l{self.leaks}_s{self.seed}"
 
 
 def ensure(job: Job) -> Path:

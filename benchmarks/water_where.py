@@ -22,6 +22,7 @@ would a utility need?". Prints one JSON object on stdout; progress on stderr.
 
     python benchmarks/water_where.py                        # 54 scenarios, 14 days
     python benchmarks/water_where.py --only ky4 --sensors 100   # its ky4 scenarios, 100 loggers
+    python benchmarks/water_where.py --networks my_town.inp --sensors 60   # your own model
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Pair:
 
     def directory(self, leaks: int) -> Path:
         loggers = "" if self.sensors is None else f"_p{self.sensors}"
-        return self.work / f"{self.network}_d{self.days}_l{leaks}_s{self.seed}{loggers}"
+        return self.work / f"{Path(self.network).stem}_d{self.days}_l{leaks}_s{self.seed}{loggers}"
 
     def ensure(self, leaks: int) -> Path:
         directory = self.directory(leaks)
