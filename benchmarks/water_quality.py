@@ -65,6 +65,27 @@ def run_job(job: Job) -> tuple[Job, QualityScore, float, float]:
     return job, score, generated - started, time.perf_counter() - generated
 
 
+REACH_SIGMAS = (1.0, 2.0, 3.0, 5.0)
+
+
+def reach(jobs: list[Job]) -> dict[str, Any]:
+    """How many injections move their most reached station by at least 1, 2, 3 and 5 noise
+    deviations (truth.json's ``peak_station_sigmas``): a detector cannot be expected to find
+    one that no station sees above its noise, so this bounds the detection rate."""
+    peaks = [
+        float(injection["peak_station_sigmas"])
+        for job in jobs
+        for injection in json.loads((job.directory / "truth.json").read_text())["injections"]
+    ]
+    return {
+        "injections": len(peaks),
+        "share_moving_a_station_by_sigmas": {
+            f"{k:g}": round(sum(p >= k for p in peaks) / len(peaks), 3) if peaks else None
+            for k in REACH_SIGMAS
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(".bench/water_quality"))
@@ -118,6 +139,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "benchmark": "water_quality",
         "scenarios": len(jobs),
+        "reach": reach([job for job, *_ in results]),
         "networks": {n: per_network[n].to_json(details=False) for n in networks},
         "overall": overall.to_json(details=False),
         "targets": {

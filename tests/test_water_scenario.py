@@ -130,6 +130,9 @@ def test_quality_scenario_has_stations_and_injections(tmp_path: Path) -> None:
         assert injection["node"] in scenario.network.junction_name_list
         assert quiet_until <= pd.Timestamp(injection["start"]) < pd.Timestamp(injection["end"])
         assert injection["mass_rate"] > 0 and isinstance(injection["observable"], bool)
+        # how far the injection moves its most reached station, in noise deviations
+        assert injection["peak_station_sigmas"] >= 0
+        assert injection["observable"] == (injection["peak_station_sigmas"] >= 5.0)
 
 
 def test_cli_writes_a_scenario_and_refuses_bad_input(tmp_path: Path) -> None:

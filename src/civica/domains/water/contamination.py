@@ -180,11 +180,15 @@ def _effect(injections: list[Injection], times: np.ndarray, name: str) -> np.nda
     return np.where(latest >= 0, per_mg_l[np.clip(latest, 0, None)], 0.0)
 
 
-def observable(injection: Injection, contaminant: pd.DataFrame, stations: list[str]) -> bool:
-    """Whether a station sees this injection move a parameter by five noise deviations."""
+OBSERVABLE_SIGMAS = 5.0  # an injection is observable if it moves a station this far
+
+
+def peak_sigmas(injection: Injection, contaminant: pd.DataFrame, stations: list[str]) -> float:
+    """How far, in noise deviations, this injection moves the most moved parameter of the
+    most reached station from its start to a day after its end (0 if no station sees it)."""
     window = contaminant.loc[injection.start_s : injection.end_s + DAY_S, stations]
     if window.empty:
-        return False
+        return 0.0
     peak = float(window.to_numpy().max())
     c = injection.contaminant
     moves = (
@@ -192,4 +196,4 @@ def observable(injection: Injection, contaminant: pd.DataFrame, stations: list[s
         c.conductivity * peak / NOISE["quality", "uS/cm"].sigma,
         c.turbidity * peak / NOISE["quality", "NTU"].sigma,
     )
-    return max(moves) >= 5.0
+    return max(0.0, *moves)

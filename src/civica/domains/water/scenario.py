@@ -191,7 +191,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
         quality=stations,
     )
     injections: list[contamination.Injection] = []
-    seen: list[bool] = []
+    peaks: list[float] = []
     with tempfile.TemporaryDirectory(prefix="civica-scenario-") as tmp:
         hydraulics = Path(tmp) / "run.hyd" if config.quality else None
         results = engine.simulate(truth_model, watch, advance(0), save_hydraulics=hydraulics)
@@ -232,7 +232,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
                 rng["quality"],
             )
             clean = clean.join(values)[[s.sensor_id for s in sensors]]
-            seen = [contamination.observable(i, polluted.quality, stations) for i in injections]
+            peaks = [contamination.peak_sigmas(i, polluted.quality, stations) for i in injections]
     progress(stage, runs * duration, runs * duration)
 
     progress("Writing files", 0, 1)
@@ -253,7 +253,7 @@ def generate(config: ScenarioConfig, out: Path, progress: ProgressFn = _silent) 
     outflow.columns = pd.Index([leak.pipe for leak in leaks])
     write_readings(outflow.clip(lower=0.0), config.start, out / "leak_flows.csv")
     truth = truth_record(
-        config, path.stem, leaks, outflow, list(zip(injections, seen, strict=True))
+        config, path.stem, leaks, outflow, list(zip(injections, peaks, strict=True))
     )
     truth["unbalanced_steps"] = len(results.unbalanced)  # EPANET went on without balance
     truth["generator"] = generator_stamp()
@@ -433,7 +433,7 @@ def truth_record(
     name: str,
     leaks: list[Leak],
     outflow: pd.DataFrame,
-    injections: list[tuple[contamination.Injection, bool]],
+    injections: list[tuple[contamination.Injection, float]],
 ) -> dict[str, Any]:
     """The truth.json document."""
     return {
@@ -461,8 +461,9 @@ def truth_record(
                 "contaminant": i.contaminant.name,
                 "mass_rate": round(i.mass_rate, 3),
                 "mass_rate_unit": "mg/min",
-                "observable": observable,
+                "observable": peak >= contamination.OBSERVABLE_SIGMAS,
+                "peak_station_sigmas": round(peak, 2),
             }
-            for i, observable in injections
+            for i, peak in injections
         ],
     }
