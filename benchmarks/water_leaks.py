@@ -71,16 +71,25 @@ class Job:
     days: int
     leaks: int
     work: Path
+    sensors: int | None = None  # pressure loggers; None: the generator's default
 
     @property
     def directory(self) -> Path:
-        return self.work / f"{Path(self.network).stem}_d{self.days}_l{self.leaks}_s{self.seed}"
+        loggers = "" if self.sensors is None else f"_p{self.sensors}"
+        name = f"{Path(self.network).stem}_d{self.days}_l{self.leaks}_s{self.seed}{loggers}"
+        return self.work / name
 
 
 def ensure(job: Job) -> Path:
     """Generate the scenario unless a complete copy by the current generator is cached."""
     if not is_current(job.directory):
-        config = ScenarioConfig(network=job.network, days=job.days, leaks=job.leaks, seed=job.seed)
+        config = ScenarioConfig(
+            network=job.network,
+            days=job.days,
+            leaks=job.leaks,
+            seed=job.seed,
+            sensors=job.sensors,
+        )
         generate(config, job.directory)
     return job.directory
 
@@ -201,10 +210,19 @@ def timing(work: Path, console: Console) -> dict[str, Any]:
     }
 
 
-def scenario_plan(networks: list[str], count: int, days: int, work: Path) -> list[Job]:
+def scenario_plan(
+    networks: list[str], count: int, days: int, work: Path, sensors: int | None = None
+) -> list[Job]:
     """The benchmark's scenarios: networks in turn, seeds from ``SEED_BASE``, 1-3 leaks."""
     return [
-        Job(networks[i % len(networks)], SEED_BASE + i, days, 1 + (i // len(networks)) % 3, work)
+        Job(
+            networks[i % len(networks)],
+            SEED_BASE + i,
+            days,
+            1 + (i // len(networks)) % 3,
+            work,
+            sensors,
+        )
         for i in range(count)
     ]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ from civica.domains.water.leaks import (
     decision_step,
     gather_evidence,
     localise_at,
+    window_medians,
 )
 from civica.domains.water.network import link_distance, network_graph
-from civica.domains.water.scenario import ScenarioConfig, generate, is_current
 from water_leaks import (  # the sibling script (run from benchmarks/)
+    Job,
+    ensure,
     given_time,
     given_times,
     run_all,
@@ -63,55 +65,19 @@ VERSIONS = (
 )
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One benchmark scenario and its leak-free twin."""
-
-    network: str
-    seed: int
-    days: int
-    leaks: int
-    sensors: int | None
-    work: Path
-
-    def directory(self, leaks: int) -> Path:
-        loggers = "" if self.sensors is None else f"_p{self.sensors}"
-        return self.work / f"{Path(self.network).stem}_d{self.days}_l{leaks}_s{self.seed}{loggers}"
-
-    def ensure(self, leaks: int) -> Path:
-        directory = self.directory(leaks)
-        if not is_current(directory):
-            config = ScenarioConfig(
-                network=self.network,
-                days=self.days,
-                leaks=leaks,
-                seed=self.seed,
-                sensors=self.sensors,
-            )
-            generate(config, directory)
-        return directory
-
-
-def _window_medians(residual: np.ndarray, per_hour: int, hours: int) -> np.ndarray:
-    """Every logger's rolling median over ``hours``, as the detector's scan takes it."""
-    span = hours * per_hour
-    rolling = pd.DataFrame(residual).rolling(span, min_periods=max(1, span // 2))
-    return np.nan_to_num(rolling.median().to_numpy())
-
-
-def run(pair: Pair) -> dict[str, Any]:
+def run(job: Job) -> dict[str, Any]:
     """Distances (m) from each leak to the pipe named under every version of the evidence."""
     settings = DetectorSettings()
     hours = max(settings.windows_h)
-    leaky_dir, twin_dir = pair.ensure(pair.leaks), pair.ensure(0)
+    leaky_dir, twin_dir = ensure(job), ensure(replace(job, leaks=0))
     leaky, twin = load_scenario(leaky_dir), load_scenario(twin_dir)
     evidence = gather_evidence(leaky, 2, settings)
     calm = gather_evidence(twin, 2, settings)
     if evidence.loggers != calm.loggers or len(evidence.times) != len(calm.times):
         raise RuntimeError(f"{twin_dir.name} is not the twin of {leaky_dir.name}")
-    per_hour = max(1, 3600 // evidence.step_s)
-    own = _window_medians(evidence.residual, per_hour, hours)
-    noise = _window_medians(calm.residual, per_hour, hours)
+    per_hour = evidence.per_hour
+    own = np.nan_to_num(window_medians(evidence, evidence.residual, hours))
+    noise = np.nan_to_num(window_medians(evidence, calm.residual, hours))
     signature = evidence.signature.mean(axis=0)  # a full day's window: every hour alike
     flows = pd.read_csv(leaky_dir / "leak_flows.csv", index_col=0, parse_dates=True)
     pipes, times = given_times(leaky_dir)
@@ -135,7 +101,7 @@ def run(pair: Pair) -> dict[str, Any]:
             k,
         )
     graph = network_graph(leaky.network)
-    found: dict[str, Any] = {"network": pair.network, "scenario": leaky_dir.name}
+    found: dict[str, Any] = {"network": job.network, "scenario": leaky_dir.name}
     # The studies drop the detector's cap on pressure rises (a guard against outliers, which
     # they do not have): it would clip a clean signature's rises.
     uncapped = replace(settings, positive_cap=float("inf"))
@@ -205,15 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     # The leak benchmark's scenarios (same seeds, networks and leak counts) when --networks
     # is its default; --only keeps one network's of them.
-    pairs = [
-        Pair(job.network, job.seed, job.days, job.leaks, args.sensors, args.work)
-        for job in scenario_plan(networks, args.scenarios, args.days, args.work)
+    jobs = [
+        job
+        for job in scenario_plan(networks, args.scenarios, args.days, args.work, args.sensors)
         if args.only in (None, job.network)
     ]
     if args.only is not None:
         networks = [args.only]
     started = time.perf_counter()
-    results = run_all(run, pairs, "Scenarios and their leak-free twins", args.jobs)
+    results = run_all(run, jobs, "Scenarios and their leak-free twins", args.jobs)
     output: dict[str, Any] = {
         "scenarios": len(results),
         "days": args.days,

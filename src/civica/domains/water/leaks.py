@@ -145,6 +145,11 @@ class Evidence:
     balance_sd: np.ndarray  # (steps,) m³/s, its standard error
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def per_hour(self) -> int:
+        """Readings per hour."""
+        return max(1, HOUR_S // self.step_s)
+
 
 def detect_leaks(
     scenario: Scenario, leak_free_days: int = 2, settings: DetectorSettings | None = None
@@ -405,20 +410,27 @@ def _normalise(
     return centred, sigma, slow
 
 
+def window_medians(evidence: Evidence, residual: np.ndarray, hours: int) -> np.ndarray:
+    """Every sensor's median ``residual`` (steps, sensors) over the ``hours`` ending at each
+    step, as the scan tests it (NaN where fewer than half the window's readings exist)."""
+    span = hours * evidence.per_hour
+    rolling = pd.DataFrame(residual).rolling(span, min_periods=max(1, span // 2))
+    medians: np.ndarray = rolling.median().to_numpy()
+    return medians
+
+
 class _Windows:
     """The residual medians, their spreads and the pipe signatures of every scan window."""
 
     def __init__(self, evidence: Evidence, settings: DetectorSettings) -> None:
         self.evidence, self.settings = evidence, settings
-        self.per_hour = max(1, HOUR_S // evidence.step_s)
-        frame = pd.DataFrame(evidence.residual)
+        self.per_hour = evidence.per_hour
         self.medians: dict[int, np.ndarray] = {}
         self.spreads: dict[int, np.ndarray] = {}
         self.shapes: dict[int, np.ndarray] = {}
         for w in settings.windows_h:
             span = w * self.per_hour
-            rolling = frame.rolling(span, min_periods=max(1, span // 2))
-            self.medians[w] = rolling.median().to_numpy()
+            self.medians[w] = window_medians(evidence, evidence.residual, w)
             self.spreads[w] = np.sqrt((1.25 * evidence.sigma) ** 2 / span + evidence.slow**2)
             self.shapes[w] = _window_signature(evidence.signature, w)
         self.hours = np.asarray(evidence.times.hour)
@@ -538,7 +550,7 @@ def decision_step(
     """The step at which the scan decides about a leak running at ``when``: the last hourly
     step at or before it, once the longest window is full."""
     settings = settings or DetectorSettings()
-    per_hour = max(1, HOUR_S // evidence.step_s)
+    per_hour = evidence.per_hour
     w = max(settings.windows_h)
     t = int(evidence.times.searchsorted(pd.Timestamp(when), side="right")) - 1
     t = min(max(t, w * per_hour - 1), len(evidence.times) - 1)
