@@ -21,6 +21,7 @@ vehicle moving; ``worst_stuck_pct_where_servable`` is the worst stuck share else
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -52,10 +53,7 @@ def _run(
 def _floor(scenario: str, seconds: float, demand_scale: float) -> dict[str, Any]:
     """The capacity bound of the scenario's busiest light, saturation flows measured."""
     found = resco_scenario(scenario)
-
-    def discharge(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
-        return discharge_rates(found.net_file, routes_xml, held)
-
+    discharge = functools.partial(discharge_rates, found.net_file)
     started = time.perf_counter()
     report = capacity_report(
         found.net_file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import xml.etree.ElementTree as ET
@@ -233,10 +234,7 @@ def capacity(
         scenario = _scenario(name, sumocfg, net, routes)
         if not scenario.route_files:
             raise ScenarioError("the capacity bound needs the scenario's route files")
-
-        def discharge(routes_xml: str, held: dict[str, str]) -> dict[str, float]:
-            return discharge_rates(scenario.net_file, routes_xml, held, seed=seed)
-
+        discharge = functools.partial(discharge_rates, scenario.net_file, seed=seed)
         with _progress(unit="runs") as bar:
             task = bar.add_task(f"{scenario.name} · saturation flows", total=1, visible=measure)
             report = capacity_report(
